@@ -1,0 +1,405 @@
+"""All SQL: named, parameterised queries against CloudStack's `cloud` database.
+
+The schema's columns are learned once from information_schema, so one code path serves
+databases from 4.11 (no readonly, no deploy_as_is, no arch) to 4.22.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import pymysql
+from pymysql.constants import CLIENT
+
+from .dbprops import DbConfig
+from .errors import CatalogError
+
+LOG = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10
+_REQUIRED_TABLES = (
+    "data_center", "image_store", "cluster", "vm_template", "template_zone_ref",
+    "template_store_ref",
+)
+_IDENTIFIER = re.compile(r"^[a-z_]+$")
+
+
+@dataclass(frozen=True)
+class Zone:
+    id: int
+    uuid: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Store:
+    id: int
+    uuid: str
+    name: str
+    zone_id: Optional[int]  # None for a region-wide store
+    url: str
+    protocol: str
+    provider: str
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class Template:
+    id: int
+    name: str
+    hypervisor: str  # database spelling, e.g. KVM
+    arch: str
+    state: Optional[str]  # None on schemas without the column
+    size: Optional[int]
+    uuid: Optional[str]
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    id: int
+    template_id: int
+    store_id: int
+    state: str
+    download_state: Optional[str]
+    download_pct: Optional[int]
+    install_path: Optional[str]
+    size: Optional[int]
+    physical_size: Optional[int]
+
+
+@dataclass(frozen=True)
+class NewTemplate:
+    """The values of a vm_template row we register (upstream's, see reference 1.6)."""
+
+    id: int
+    uuid: str
+    name: str
+    url: str
+    checksum: str  # always {ALG}hex
+    image_format: str
+    guest_os_id: int
+    hypervisor: str
+    arch: str
+
+
+def now() -> datetime.datetime:
+    """CloudStack keeps timestamps in UTC, without a zone."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+class Catalog:
+    """A connection to the cloud database, and every statement the tool runs on it."""
+
+    def __init__(self, connection):
+        self.conn = connection
+        self.columns = self._learn_columns()
+
+    @classmethod
+    def connect(cls, config: DbConfig) -> Catalog:
+        """:raises CatalogError: naming the server and the cause, never the password."""
+        try:
+            connection = pymysql.connect(
+                host=config.host, port=config.port, user=config.user, password=config.password,
+                database=config.name, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
+                charset="utf8mb4", cursorclass=pymysql.cursors.DictCursor,
+                # Row counts then mean "rows matched", so an UPDATE that changes nothing is
+                # still told apart from one that found no row.
+                client_flag=CLIENT.FOUND_ROWS,
+            )
+        except pymysql.MySQLError as exc:
+            raise CatalogError(
+                f"Cannot connect to the cloud database {config.describe()}: {_reason(exc)}.",
+                "Check db.properties (--db-properties) and that MySQL/MariaDB is running.",
+            ) from None
+        return cls(connection)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- schema --------------------------------------------------------------------------
+
+    def _learn_columns(self) -> dict[str, frozenset[str]]:
+        rows = self._all(
+            "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
+            "WHERE table_schema = DATABASE()"
+        )
+        tables: dict[str, set[str]] = {}
+        for row in rows:
+            tables.setdefault(row["t"].lower(), set()).add(row["c"].lower())
+        missing = [t for t in _REQUIRED_TABLES if t not in tables]
+        if missing:
+            raise CatalogError(
+                f"The database does not look like CloudStack's cloud database: no table "
+                f"{', '.join(missing)}.",
+                "Check db.cloud.name in db.properties.",
+            )
+        return {name: frozenset(cols) for name, cols in tables.items()}
+
+    def has(self, table: str, column: str) -> bool:
+        return column in self.columns.get(table, ())
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def zones(self) -> list[Zone]:
+        rows = self._all("SELECT id, uuid, name FROM data_center WHERE removed IS NULL ORDER BY id")
+        return [Zone(r["id"], r["uuid"] or "", r["name"]) for r in rows]
+
+    def image_stores(self) -> list[Store]:
+        """Every non-removed store with role Image, whatever its protocol."""
+        readonly = "readonly" if self.has("image_store", "readonly") else "0"
+        rows = self._all(
+            "SELECT id, uuid, name, data_center_id, url, protocol, image_provider_name, "
+            f"{readonly} AS readonly FROM image_store "
+            "WHERE removed IS NULL AND role = 'Image' ORDER BY id"
+        )
+        return [
+            Store(r["id"], r["uuid"] or "", r["name"], r["data_center_id"], r["url"] or "",
+                  (r["protocol"] or "").lower(), r["image_provider_name"] or "",
+                  bool(r["readonly"]))
+            for r in rows
+        ]
+
+    def zone_hypervisors(self) -> dict[int, frozenset[tuple[str, str]]]:
+        """(hypervisor, arch) pairs of each zone's non-removed clusters, External excluded."""
+        arch = "arch" if self.has("cluster", "arch") else "NULL"
+        rows = self._all(
+            f"SELECT DISTINCT data_center_id, hypervisor_type, {arch} AS arch "
+            "FROM cluster WHERE removed IS NULL AND hypervisor_type IS NOT NULL "
+            "AND hypervisor_type <> 'External'"
+        )
+        pairs: dict[int, set[tuple[str, str]]] = {}
+        for r in rows:
+            pairs.setdefault(r["data_center_id"], set()).add(
+                (r["hypervisor_type"], r["arch"] or "x86_64"))
+        return {zone: frozenset(p) for zone, p in pairs.items()}
+
+    def system_templates(self, names: Iterable[str]) -> list[Template]:
+        """Non-removed SYSTEM templates with one of these names, newest first."""
+        names = sorted(set(names))
+        if not names:
+            return []
+        arch = "arch" if self.has("vm_template", "arch") else "NULL"
+        state = "state" if self.has("vm_template", "state") else "NULL"
+        size = "size" if self.has("vm_template", "size") else "NULL"
+        marks = ", ".join(["%s"] * len(names))
+        rows = self._all(
+            f"SELECT id, name, hypervisor_type, {arch} AS arch, {state} AS state, "
+            f"{size} AS size, uuid FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL "
+            f"AND name IN ({marks}) ORDER BY id DESC",
+            names,
+        )
+        return [Template(r["id"], r["name"], r["hypervisor_type"] or "", r["arch"] or "x86_64",
+                         r["state"], r["size"], r["uuid"]) for r in rows]
+
+    def store_refs(self, template_ids: Iterable[int]) -> list[StoreRef]:
+        ids = sorted(set(template_ids))
+        if not ids:
+            return []
+        marks = ", ".join(["%s"] * len(ids))
+        rows = self._all(
+            "SELECT id, template_id, store_id, state, download_state, download_pct, "
+            "install_path, size, physical_size FROM template_store_ref "
+            f"WHERE template_id IN ({marks}) AND store_role = 'Image' "
+            "AND destroyed = 0 ORDER BY id",
+            ids,
+        )
+        return [StoreRef(r["id"], r["template_id"], r["store_id"], r["state"],
+                         r["download_state"], r["download_pct"], r["install_path"], r["size"],
+                         r["physical_size"]) for r in rows]
+
+    def zone_refs(self, template_ids: Iterable[int]) -> frozenset[tuple[int, int]]:
+        ids = sorted(set(template_ids))
+        if not ids:
+            return frozenset()
+        marks = ", ".join(["%s"] * len(ids))
+        rows = self._all(
+            "SELECT template_id, zone_id FROM template_zone_ref "
+            f"WHERE template_id IN ({marks}) AND removed IS NULL",
+            ids,
+        )
+        return frozenset((r["template_id"], r["zone_id"]) for r in rows)
+
+    def guest_os_ids(self, display_names: Iterable[str]) -> dict[str, int]:
+        names = sorted(set(display_names))
+        if not names or "guest_os" not in self.columns:
+            return {}
+        marks = ", ".join(["%s"] * len(names))
+        rows = self._all(
+            "SELECT display_name, MIN(id) AS id FROM guest_os "
+            f"WHERE removed IS NULL AND display_name IN ({marks}) "
+            "GROUP BY display_name",
+            names,
+        )
+        return {r["display_name"]: r["id"] for r in rows}
+
+    # --- writes, inside `transaction()` -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit when the block ends normally; roll back on any exception, interrupts too.
+
+        The connection runs in autocommit mode, so reads outside this block always see fresh
+        rows; BEGIN opens an explicit transaction all the same.
+        """
+        try:
+            self.conn.begin()
+            yield
+        except pymysql.MySQLError as exc:
+            self._rollback_quietly()
+            raise CatalogError(f"Database error, changes rolled back: {_reason(exc)}.") from exc
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        try:
+            self.conn.commit()
+        except pymysql.MySQLError as exc:
+            self._rollback_quietly()
+            raise CatalogError(f"Commit failed: {_reason(exc)}.") from exc
+
+    def allocate_template_id(self) -> int:
+        """The next template id, kept in step with `sequence.vm_template_seq`.
+
+        Upstream takes unique_name's number from the sequence and the id from AUTO_INCREMENT,
+        which can disagree; we take one number that satisfies both and insert it explicitly.
+        """
+        (highest,) = self._one("SELECT COALESCE(MAX(id), 0) AS m FROM vm_template FOR UPDATE")
+        candidate = highest + 1
+        if "sequence" in self.columns:
+            row = self._row("SELECT value FROM sequence WHERE name = 'vm_template_seq' FOR UPDATE")
+            if row is not None:
+                candidate = max(candidate, int(row["value"]))
+                self._execute("UPDATE sequence SET value = %s WHERE name = 'vm_template_seq'",
+                              (candidate + 1,))
+        return candidate
+
+    def insert_template(self, template: NewTemplate, created: datetime.datetime) -> None:
+        """Insert the vm_template row, Inactive until a copy is Ready (as upstream)."""
+        self._insert("vm_template", {
+            "id": template.id,
+            "uuid": template.uuid,
+            "unique_name": f"routing-{template.id}",
+            "name": template.name,
+            "display_text": template.name,
+            "public": 0,
+            "featured": 0,
+            "type": "SYSTEM",
+            "hvm": 1,
+            "bits": 64,
+            "account_id": 1,
+            "url": template.url,
+            "checksum": template.checksum,
+            "enable_password": 0,
+            "format": template.image_format,
+            "guest_os_id": template.guest_os_id,
+            "cross_zones": 1,
+            "hypervisor_type": template.hypervisor,
+            "created": created,
+            "state": "Inactive",
+            "deploy_as_is": 0,
+            "arch": template.arch,
+        })
+
+    def activate_template(self, template_id: int, virtual_size: int) -> None:
+        changes = {"state": "Active", "size": virtual_size}
+        self._update("vm_template", changes, template_id)
+
+    def add_zone_refs(self, template_id: int, zone_ids: Iterable[int],
+                      when: datetime.datetime) -> None:
+        for zone_id in zone_ids:
+            self._insert("template_zone_ref", {
+                "zone_id": zone_id, "template_id": template_id, "created": when,
+                "last_updated": when,
+            })
+
+    def insert_store_ref(self, template_id: int, store_id: int, install_path: str, url: str,
+                         when: datetime.datetime) -> int:
+        """A store ref in its first state (NOT_DOWNLOADED/Allocated), as upstream inserts it."""
+        return self._insert("template_store_ref", {
+            "store_id": store_id,
+            "template_id": template_id,
+            "created": when,
+            "last_updated": when,
+            "download_pct": 0,
+            "download_state": "NOT_DOWNLOADED",
+            "state": "Allocated",
+            "install_path": install_path,
+            "url": url,
+            "store_role": "Image",
+            "physical_size": 0,
+            "is_copy": 0,
+            "destroyed": 0,
+            "update_count": 0,
+            "ref_cnt": 0,
+        })
+
+    def mark_store_ref_ready(self, ref_id: int, install_path: str, virtual_size: int,
+                             physical_size: int, when: datetime.datetime) -> None:
+        self._update("template_store_ref", {
+            "download_state": "DOWNLOADED",
+            "state": "Ready",
+            "download_pct": 100,
+            "install_path": install_path,
+            "size": virtual_size,
+            "physical_size": physical_size,
+            "error_str": None,
+            "last_updated": when,
+        }, ref_id)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _insert(self, table: str, values: dict) -> int:
+        """INSERT the columns this schema has; names are ours, values are parameters."""
+        present = {k: v for k, v in values.items() if self.has(table, k)}
+        names = list(present)
+        for name in [table, *names]:
+            assert _IDENTIFIER.match(name), name
+        sql = (f"INSERT INTO {table} ({', '.join(names)}) "
+               f"VALUES ({', '.join(['%s'] * len(names))})")
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, [present[n] for n in names])
+            return cursor.lastrowid
+
+    def _update(self, table: str, values: dict, row_id: int) -> None:
+        present = {k: v for k, v in values.items() if self.has(table, k)}
+        for name in [table, *present]:
+            assert _IDENTIFIER.match(name), name
+        assignments = ", ".join(f"{name} = %s" for name in present)
+        rows = self._execute(f"UPDATE {table} SET {assignments} WHERE id = %s",
+                             [*present.values(), row_id])
+        if rows != 1:
+            raise CatalogError(f"{table} row {row_id} vanished while it was being updated.")
+
+    def _execute(self, sql: str, args=()) -> int:
+        with self.conn.cursor() as cursor:
+            return cursor.execute(sql, args)
+
+    def _all(self, sql: str, args=()) -> list[dict]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            return list(cursor.fetchall())
+
+    def _row(self, sql: str, args=()) -> Optional[dict]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchone()
+
+    def _one(self, sql: str, args=()) -> tuple:
+        return tuple(self._row(sql, args).values())
+
+    def _rollback_quietly(self) -> None:
+        try:
+            self.conn.rollback()
+        except pymysql.MySQLError as exc:
+            # The connection may be gone; the server then rolls back by itself.
+            LOG.warning("Rollback failed: %s", _reason(exc))
+
+
+def _reason(exc: pymysql.MySQLError) -> str:
+    if len(exc.args) >= 2:
+        return f"({exc.args[0]}) {exc.args[1]}"
+    return str(exc)

@@ -1,0 +1,173 @@
+"""Command line: arguments, logging, signals and exit codes. The work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Mapping, Optional, Sequence
+
+from . import __version__, apply, dbprops, errors, metadata, observe, plan, report, settings
+from .catalog import Catalog
+
+LOG = logging.getLogger(__name__)
+PROG = "cloudstack-sysvm-seed"
+COMMANDS = ("seed",)
+
+EPILOG = f"""\
+exit codes:
+  {errors.EXIT_OK}    every store in scope is Ready, or there was nothing to do
+  {errors.EXIT_FAILED}    the run finished, but some store or hypervisor failed (see the report)
+  {errors.EXIT_USAGE}    bad arguments or settings (db.properties)
+  {errors.EXIT_METADATA}    metadata.ini is missing or malformed
+  {errors.EXIT_DATABASE}    the cloud database is unreachable or not CloudStack's
+  {errors.EXIT_STORE}    a store cannot be used at all (e.g. a malformed URL); nothing changed
+  {errors.EXIT_BUG}   internal error (a bug: please report it with --debug output)
+  {errors.EXIT_INTERRUPTED}  interrupted (Ctrl-C); {errors.EXIT_TERMINATED} terminated (SIGTERM)
+
+The mount command is run as: CMD [-o OPTIONS] HOST:/PATH MOUNTPOINT
+"""
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--db-properties", default=default, metavar="FILE",
+                        help=f"management server db.properties (default "
+                             f"{settings.DEFAULT_DB_PROPERTIES})")
+    parser.add_argument("--key-file", default=default, metavar="FILE",
+                        help=f"management server key (default {settings.DEFAULT_KEY_FILE})")
+    parser.add_argument("--templates-dir", default=default, metavar="DIR",
+                        help="directory with metadata.ini and the bundled images (default "
+                             "/usr/share/cloudstack-management/templates/systemvm)")
+    parser.add_argument("--mount-command", default=default, metavar="CMD",
+                        help=f"mount command (default '{settings.DEFAULT_MOUNT_COMMAND}', or "
+                             f"${settings.ENV_MOUNT_COMMAND})")
+    parser.add_argument("--umount-command", default=default, metavar="CMD",
+                        help=f"unmount command (default '{settings.DEFAULT_UMOUNT_COMMAND}', "
+                             f"or ${settings.ENV_UMOUNT_COMMAND})")
+    parser.add_argument("--log-file", default=default, metavar="FILE",
+                        help="also append the log to FILE")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="log commands and show tracebacks")
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
+    _add_global_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def _seed_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} [seed]", allow_abbrev=False, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Register the SystemVM templates described by metadata.ini and seed them "
+                    "onto every NFS image store of each zone.",
+    )
+    # Global options may also follow the command; SUPPRESS keeps values given before it.
+    _add_global_options(parser, argparse.SUPPRESS)
+    parser.add_argument("--zone", action="append", metavar="Z",
+                        help="only this zone (id, uuid or name); repeatable")
+    parser.add_argument("--hypervisor", action="append", metavar="HV",
+                        help="only this hypervisor (kvm, vmware, xenserver, ...); repeatable")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="change nothing; print the plan")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON, one record per (zone, store, "
+                             "hypervisor)")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """`seed` is the default command, so `cloudstack-sysvm-seed --zone Z` works."""
+    known, rest = _top_parser().parse_known_args(list(argv))
+    command = "seed"
+    if rest and rest[0] in COMMANDS:
+        command, rest = rest[0], rest[1:]
+    args = _seed_parser().parse_args(rest, namespace=known)
+    args.command = command
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None,
+         environ: Optional[Mapping[str, str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    config = settings.from_args(args, os.environ if environ is None else environ)
+    _setup_logging(config.log_file, args.debug)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _seed(config)
+    except errors.SeedError as exc:
+        LOG.debug("Failure", exc_info=True)
+        _print_error(exc.message, exc.hint)
+        return exc.exit_code
+    except errors.Interrupted:
+        _print_error("terminated; partial work was undone.")
+        return errors.EXIT_TERMINATED
+    except KeyboardInterrupt:
+        _print_error("interrupted; partial work was undone.")
+        return errors.EXIT_INTERRUPTED
+    except Exception:  # a bug: say so, with the traceback
+        LOG.exception("internal error (bug)")
+        return errors.EXIT_BUG
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _seed(config: settings.Settings) -> int:
+    meta = metadata.load(os.path.join(config.templates_dir, "metadata.ini"))
+    db_config = dbprops.database_config(dbprops.load(config.db_properties),
+                                        config.db_properties)
+    catalog = Catalog.connect(db_config)
+    try:
+        snapshot = observe.read_catalog(catalog, meta)
+        targets, skipped = plan.select(snapshot, meta, config.scope)
+        with observe.Observation(snapshot, config.mounts) as observation:
+            observation.probe(meta, targets, config.templates_dir)
+            the_plan = plan.build(observation.snapshot, meta, targets, skipped)
+            if config.dry_run:
+                outcomes = apply.dry_run(the_plan)
+            else:
+                outcomes = apply.run(the_plan, apply.Context(
+                    catalog, observation.roots, config.templates_dir,
+                    tuple(z.id for z in snapshot.zones)))
+    finally:
+        catalog.close()
+    print(report.to_json(outcomes) if config.json else
+          report.to_table(outcomes, dry_run=config.dry_run))
+    LOG.info("Done: %s", report.summary(outcomes))
+    failed = any(o.status == apply.FAILED for o in outcomes)
+    return errors.EXIT_FAILED if failed else errors.EXIT_OK
+
+
+def _on_sigterm(signum, frame):
+    raise errors.Interrupted()
+
+
+def _setup_logging(log_file: Optional[str], debug: bool) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    root.addHandler(stderr)
+    # sh announces every process at INFO; the runner already logs commands at DEBUG.
+    logging.getLogger("sh").setLevel(logging.WARNING)
+    if log_file:
+        try:
+            handler = logging.FileHandler(log_file)
+        except OSError as exc:
+            LOG.warning("Cannot write the log file %s: %s", log_file, exc)
+            return
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+def _print_error(message: str, hint: Optional[str] = None) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"{PROG}: {hint}", file=sys.stderr)

@@ -1,0 +1,109 @@
+"""One exception hierarchy: each error knows its exit code and the operator's next step."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+# Exit codes, documented in `cloudstack-sysvm-seed --help`.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run finished, but some store or hypervisor failed
+EXIT_USAGE = 2
+EXIT_METADATA = 3
+EXIT_DATABASE = 4
+EXIT_STORE = 5
+EXIT_SOURCE = 6
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BUG = 70
+
+
+class SeedError(Exception):
+    """A failure the operator can act on: what failed, the values, and the next step."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class SettingsError(SeedError):
+    exit_code = EXIT_USAGE
+
+
+class MetadataError(SeedError):
+    """metadata.ini is unreadable or malformed; lists every problem found."""
+
+    exit_code = EXIT_METADATA
+
+    def __init__(self, path: str, problems: list[str]):
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{path} has {len(problems)} problem(s):\n{listing}",
+            "Fix the file (it ships with cloudstack-management) or reinstall the package.",
+        )
+        self.problems = problems
+
+
+class CatalogError(SeedError):
+    """The cloud database is unreachable or does not look like CloudStack's."""
+
+    exit_code = EXIT_DATABASE
+
+
+class StoreError(SeedError):
+    """A secondary store cannot be mounted, read or written."""
+
+    exit_code = EXIT_STORE
+
+
+class MountFailed(StoreError):
+    pass
+
+
+class SourceError(SeedError):
+    """A template image is missing, corrupt or of the wrong kind."""
+
+    exit_code = EXIT_SOURCE
+
+
+class SourceMissing(SourceError):
+    pass
+
+
+class ChecksumMismatch(SourceError):
+    def __init__(self, path: str, algorithm: str, expected: str, actual: str):
+        super().__init__(
+            f"Checksum mismatch for {path} ({algorithm}):\n"
+            f"  expected {expected}\n  actual   {actual}",
+            "The file is corrupt or was modified; reinstall cloudstack-management "
+            "(or fetch the file again). Do not bypass the check.",
+        )
+
+
+class ImageFormatError(SourceError):
+    pass
+
+
+class Unsupported(SeedError):
+    """A store or hypervisor this version of the tool does not handle (yet)."""
+
+
+class CommandFailed(SeedError):
+    """An external command exited non-zero or timed out."""
+
+    def __init__(self, argv: list[str], detail: str, hint: Optional[str] = None):
+        super().__init__(f"Command {' '.join(argv)!s} failed: {detail}", hint)
+        self.argv = argv
+        self.detail = detail
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so that it passes every `except SeedError` and
+    runs the same cleanup as Ctrl-C."""
+
+    exit_code = EXIT_TERMINATED

@@ -1,0 +1,83 @@
+"""Observe: read the database, mount the stores in scope, probe them; build the snapshot.
+
+The mounts stay up until the Observation closes, so apply reuses them: each store is
+mounted once per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Optional
+
+from . import plan, sources, stores
+from .catalog import Catalog, Store
+from .errors import StoreError
+from .metadata import Metadata
+
+LOG = logging.getLogger(__name__)
+
+
+def read_catalog(catalog: Catalog, metadata: Metadata) -> plan.Snapshot:
+    """The database half of the snapshot."""
+    templates = catalog.system_templates(spec.name for spec in metadata.specs)
+    template_ids = [t.id for t in templates]
+    return plan.Snapshot(
+        zones=tuple(catalog.zones()),
+        stores=tuple(catalog.image_stores()),
+        zone_hypervisors=catalog.zone_hypervisors(),
+        templates=tuple(templates),
+        store_refs=tuple(catalog.store_refs(template_ids)),
+        zone_refs=catalog.zone_refs(template_ids),
+        guest_os_ids=catalog.guest_os_ids(s.guest_os for s in metadata.specs if s.guest_os),
+    )
+
+
+class Observation(contextlib.ExitStack):
+    """The snapshot plus the mounted stores; closing it unmounts every store."""
+
+    def __init__(self, snapshot: plan.Snapshot, mount_settings: stores.MountSettings):
+        super().__init__()
+        self.snapshot = snapshot
+        self.mount_settings = mount_settings
+        self.roots: dict[int, str] = {}  # store id -> mountpoint
+
+    def probe(self, metadata: Metadata, targets: list[plan.Target], templates_dir: str) -> None:
+        """Mount each target store once, see what it holds, and check the bundled sources."""
+        mount_errors: dict[int, str] = {}
+        for store in _unique_stores(targets):
+            error = self._mount(store)
+            if error:
+                mount_errors[store.id] = error
+        copies = {}
+        for target in targets:
+            template = plan.existing_template(self.snapshot, target.spec)
+            root = self.roots.get(target.store.id)
+            if template is not None and root is not None:
+                copies[(target.store.id, template.id)] = stores.probe(
+                    root, template.id, target.spec.hypervisor.extension)
+        missing = {}
+        for spec in {t.spec for t in targets}:
+            reason = sources.missing_reason(templates_dir, spec)
+            if reason:
+                missing[spec.section] = reason
+        self.snapshot = dataclasses.replace(
+            self.snapshot, copies=copies, mount_errors=mount_errors, missing_sources=missing)
+
+    def _mount(self, store: Store) -> Optional[str]:
+        label = f"store {store.id}"
+        try:
+            self.roots[store.id] = self.enter_context(
+                stores.mounted(store.url, self.mount_settings, label))
+        except StoreError as exc:
+            LOG.error("%s (%s): %s", label, store.url, exc)
+            return str(exc)
+        return None
+
+
+def _unique_stores(targets: list[plan.Target]) -> list[Store]:
+    seen: dict[int, Store] = {}
+    for target in targets:
+        seen.setdefault(target.store.id, target.store)
+    return list(seen.values())

@@ -1,0 +1,95 @@
+"""The only place that starts processes: argv lists, a timeout on every call, logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import sh
+
+from .errors import CommandFailed
+
+LOG = logging.getLogger(__name__)
+
+MASK = "****"
+_TAIL_LINES = 20
+# What to install when a command is missing, by command name.
+_PACKAGE_HINTS = {
+    "mount": "install nfs-common (Debian/Ubuntu) or nfs-utils (EL) for mount.nfs",
+    "umount": "install util-linux",
+    "qemu-img": "install qemu-utils (Debian/Ubuntu) or qemu-img (EL)",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    ok_codes: Iterable[int] = (0,),
+    secrets: Iterable[str] = (),
+) -> Result:
+    """Run argv (never through a shell) and return its output.
+
+    :raises CommandFailed: on a missing program, a timeout or an exit code not in ok_codes;
+        the message carries the last lines of stderr and never a secret.
+    """
+    argv = [str(arg) for arg in argv]
+    shown = masked(argv, secrets)
+    LOG.debug("Running: %s", " ".join(shown))
+    started = time.monotonic()
+    try:
+        command = sh.Command(argv[0])
+    except sh.CommandNotFound:
+        hint = _PACKAGE_HINTS.get(os.path.basename(argv[0]), "check the PATH")
+        raise CommandFailed(shown, "program not found", hint.capitalize() + ".") from None
+    env = dict(os.environ, LC_ALL="C")
+    try:
+        done = command(
+            *argv[1:], _timeout=timeout, _ok_code=list(ok_codes), _env=env, _return_cmd=True,
+            _in=None,
+        )
+    except sh.TimeoutException:
+        raise CommandFailed(shown, f"timed out after {timeout:g}s") from None
+    except sh.ErrorReturnCode as exc:
+        seconds = time.monotonic() - started
+        LOG.debug("Command %s exited %d in %.2fs", shown[0], exc.exit_code, seconds)
+        detail = _tail(_text(exc.stderr) or _text(exc.stdout))
+        raise CommandFailed(
+            shown, f"exit code {exc.exit_code}" + (f": {detail}" if detail else "")
+        ) from None
+    seconds = time.monotonic() - started
+    LOG.debug("Command %s exited %d in %.2fs", shown[0], done.exit_code, seconds)
+    return Result(done.exit_code, _text(done.stdout), _text(done.stderr), seconds)
+
+
+def masked(argv: Sequence[str], secrets: Iterable[str]) -> list[str]:
+    """argv with every secret replaced, fit for logs and messages."""
+    hidden = [s for s in secrets if s]
+    shown = []
+    for arg in argv:
+        for secret in hidden:
+            arg = arg.replace(secret, MASK)
+        shown.append(arg)
+    return shown
+
+
+def _text(data) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-_TAIL_LINES:])

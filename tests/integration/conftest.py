@@ -1,0 +1,115 @@
+"""`world`: a CloudStack-like database, NFS exports and a templates dir, plus the CLI to run."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sandbox import images
+
+from cloudstack_sysvm_seed import cli
+
+VIRTUAL_SIZE = 64 * 1024**2
+# The metadata.ini form each era's package would ship.
+FORM_OF_ERA = {"4.11": "4.16", "4.15": "4.19", "4.20": "4.20"}
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    """One templates dir per metadata.ini form, built once; tests get copies."""
+    made = {}
+    for form in ("4.16", "4.19", "4.20"):
+        directory = tmp_path_factory.mktemp(f"templates-{form}")
+        version = {"4.16": "4.16.0.0", "4.19": "4.19.0.0", "4.20": "4.20.0.0"}[form]
+        made[form] = (directory, images.build_kvm_bundle(directory, version, VIRTUAL_SIZE,
+                                                         form=form))
+    return made
+
+
+class World:
+    def __init__(self, cloud, templates: Path, meta, make_export, mount_command, capsys,
+                 runtime: Path):
+        self.cloud = cloud
+        self.builder = cloud.builder
+        self.templates = templates
+        self.meta = meta
+        self.make_export = make_export
+        self.mount_command = mount_command
+        self.capsys = capsys
+        self.runtime = runtime
+
+    @property
+    def kvm(self):
+        return next(s for s in self.meta.sections.values()
+                    if s.hypervisor == "kvm" and s.arch == "x86_64")
+
+    @property
+    def bundle(self) -> Path:
+        return self.templates / self.kvm.filename
+
+    def image_digest(self) -> str:
+        """sha256 of the decompressed KVM image, the bytes every store must hold."""
+        return hashlib.sha256(bz2.decompress(self.bundle.read_bytes())).hexdigest()
+
+    def nfs_store(self, zone_id, host, path, port=None, **kw):
+        export = self.make_export(host, path)
+        netloc = f"{host}:{port}" if port else host
+        return self.builder.store(zone_id, f"nfs://{netloc}{path}", **kw), export
+
+    def run(self, *args, mount_command=None) -> Run:
+        self.capsys.readouterr()
+        code = cli.main([
+            "--db-properties", str(self.cloud.db_properties),
+            "--templates-dir", str(self.templates),
+            "--mount-command", mount_command or self.mount_command,
+            *args,
+        ])
+        captured = self.capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    def rows(self, table, where="1=1", args=()):
+        return self.cloud.query(f"SELECT * FROM {table} WHERE {where} ORDER BY id", args)
+
+    def state(self, stores_root: Path):
+        """Every row the tool may touch, and every file under the NFS tree with size+mtime."""
+        tables = {t: self.rows(t) for t in (
+            "vm_template", "template_zone_ref", "template_store_ref")}
+        tables["sequence"] = self.cloud.query("SELECT * FROM sequence ORDER BY name")
+        files = {}
+        for directory, _, names in os.walk(stores_root):
+            for name in names:
+                path = os.path.join(directory, name)
+                info = os.stat(path)
+                files[os.path.relpath(path, stores_root)] = (info.st_size, info.st_mtime_ns)
+        return tables, files
+
+    def leftover_mountpoints(self):
+        return sorted(os.listdir(self.runtime))
+
+
+@pytest.fixture
+def world(request, make_cloud, bundles, make_export, mount_command, capsys, tmp_path,
+          monkeypatch):
+    era = getattr(request, "param", "4.20")
+    form = FORM_OF_ERA[era]
+    source, meta = bundles[form]
+    templates = tmp_path / "templates"
+    shutil.copytree(source, templates)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    # The tool makes its private mountpoints under the temp dir: watch that one.
+    monkeypatch.setattr(tempfile, "tempdir", str(runtime))
+    return World(make_cloud(era), templates, meta, make_export, mount_command, capsys, runtime)

@@ -1,0 +1,72 @@
+"""Ctrl-C and SIGTERM in the middle of a copy: stages removed, no rows, stores unmounted."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+COPY_MIB = 24  # random data: about a second of decompression, long enough to interrupt
+
+
+@pytest.fixture(scope="session")
+def slow_bundle(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("slow")
+    raw = directory / "disk.raw"
+    raw.write_bytes(os.urandom(COPY_MIB << 20))
+    qcow2 = directory / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
+                   check=True)
+    bundle = directory / "disk.qcow2.bz2"
+    bundle.write_bytes(bz2.compress(qcow2.read_bytes(), 1))
+    return bundle
+
+
+def stage_files(exports):
+    found = []
+    for export in exports:
+        for directory, _, names in os.walk(export / ".cloudstack-sysvm-seed" / "stage"):
+            found.extend(os.path.join(directory, n) for n in names)
+    return found
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_during_copy_undoes_everything(world, stores_root, slow_bundle, signum,
+                                                 code):
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]
+    world.bundle.write_bytes(slow_bundle.read_bytes())
+    metadata = world.templates / "metadata.ini"
+    new_md5 = hashlib.md5(slow_bundle.read_bytes()).hexdigest()
+    metadata.write_text(metadata.read_text().replace(world.kvm.checksum, new_md5))
+    templates_before = world.rows("vm_template")
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloudstack_sysvm_seed",
+         "--db-properties", str(world.cloud.db_properties),
+         "--templates-dir", str(world.templates), "--mount-command", world.mount_command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, TMPDIR=str(world.runtime)),
+    )
+    deadline = time.monotonic() + 60
+    while not stage_files(exports):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the copy never started"
+        time.sleep(0.002)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == code, err
+    assert "partial work was undone" in err
+    for export in exports:
+        assert os.listdir(export) == [], export  # no stage, no template directory
+    assert world.rows("vm_template") == templates_before
+    assert world.rows("template_store_ref") == []
+    assert world.leftover_mountpoints() == []

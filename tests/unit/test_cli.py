@@ -1,0 +1,77 @@
+"""The CLI in-process: argument handling and the exit code of each failure before the run."""
+
+import socket
+
+import pytest
+
+from cloudstack_sysvm_seed import cli, errors
+
+
+def test_seed_is_the_default_command_and_globals_go_anywhere():
+    args = cli.parse_args(["--db-properties", "/a", "--zone", "z1", "--zone", "2", "--json"])
+    assert (args.command, args.db_properties, args.zone, args.json) == (
+        "seed", "/a", ["z1", "2"], True)
+    args = cli.parse_args(["--templates-dir", "/t", "seed", "--db-properties", "/b",
+                           "--dry-run"])
+    assert (args.templates_dir, args.db_properties, args.dry_run) == ("/t", "/b", True)
+
+
+def test_help_lists_exit_codes(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "CMD [-o OPTIONS] HOST:/PATH MOUNTPOINT" in out
+
+
+def test_bad_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--frobnicate"])
+    assert info.value.code == 2
+
+
+@pytest.fixture
+def templates(tmp_path):
+    directory = tmp_path / "templates"
+    directory.mkdir()
+    (directory / "metadata.ini").write_text("[default]\nversion = 4.20.0.0\n")
+    return directory
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_props(path, port, password="hunter2"):
+    path.write_text(f"db.cloud.host=127.0.0.1\ndb.cloud.port={port}\ndb.cloud.username=cloud\n"
+                    f"db.cloud.password={password}\ndb.cloud.name=cloud\n")
+
+
+def test_malformed_metadata_exits_3_naming_the_file(tmp_path, templates, capsys):
+    (templates / "metadata.ini").write_text("[kvm]\ntemplatename = x\n")
+    code = cli.main(["--templates-dir", str(templates), "--db-properties", str(tmp_path / "x")])
+    assert code == errors.EXIT_METADATA
+    err = capsys.readouterr().err
+    assert f"{templates}/metadata.ini has 3 problem(s)" in err
+    assert "[kvm] checksum: missing" in err
+
+
+def test_missing_db_properties_exits_2(tmp_path, templates, capsys):
+    code = cli.main(["--templates-dir", str(templates),
+                     "--db-properties", str(tmp_path / "db.properties")])
+    assert code == errors.EXIT_USAGE
+    assert "Cannot read" in capsys.readouterr().err
+
+
+def test_unreachable_database_exits_4_without_the_password(tmp_path, templates, capsys):
+    props = tmp_path / "db.properties"
+    write_props(props, closed_port())
+    log = tmp_path / "seed.log"
+    code = cli.main(["--templates-dir", str(templates), "--db-properties", str(props),
+                     "--log-file", str(log), "--debug"])
+    assert code == errors.EXIT_DATABASE
+    err = capsys.readouterr().err
+    assert "Cannot connect to the cloud database cloud@127.0.0.1:" in err
+    assert "hunter2" not in err and "hunter2" not in log.read_text()
