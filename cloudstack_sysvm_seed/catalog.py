@@ -267,7 +267,8 @@ class Catalog:
         Upstream takes unique_name's number from the sequence and the id from AUTO_INCREMENT,
         which can disagree; we take one number that satisfies both and insert it explicitly.
         """
-        (highest,) = self._one("SELECT COALESCE(MAX(id), 0) AS m FROM vm_template FOR UPDATE")
+        # No FOR UPDATE here: that would lock vm_template for the management servers.
+        (highest,) = self._one("SELECT COALESCE(MAX(id), 0) AS m FROM vm_template")
         candidate = highest + 1
         if "sequence" in self.columns:
             row = self._row("SELECT value FROM sequence WHERE name = 'vm_template_seq' FOR UPDATE")
