@@ -1,20 +1,22 @@
 """Apply a plan: write copies, publish them, and make the database say so.
 
-Per template spec: the source is read once and written to a stage on every target store at
-the same time; the checksum is verified before any row is written. Then, store by store, one
-transaction covers the rows of that (template, store) pair and is committed only after the
-copy has been renamed into place. A failure undoes that pair alone.
+Per source file: the file is read once and written to a stage on every target store of every
+template that uses it (KVM and LXC share one file), and its checksum is verified before any
+row is written. Then, store by store, one transaction covers the rows of that (template,
+store) pair and is committed only after the copy has been renamed into place. A failure
+undoes that pair alone.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-from . import images, plan, properties, sources, stores
+from . import checksum, images, plan, properties, sources, stores
 from .catalog import Catalog, NewTemplate, now
 from .errors import SeedError
 from .plan import Step, TemplateWork
@@ -34,198 +36,282 @@ class Outcome:
     template_id: Optional[int] = None
     error: str = ""
     virtual_size: Optional[int] = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
 class Context:
     catalog: Catalog
     roots: dict  # store id -> mountpoint
-    templates_dir: str
+    sources: dict  # metadata section -> sources.Source
     all_zone_ids: tuple
+    downloads: sources.DownloadSettings = field(default_factory=sources.DownloadSettings)
+    max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
 
 
-def dry_run(the_plan: plan.Plan) -> list[Outcome]:
+def dry_run(the_plan: plan.Plan, source_of: dict) -> list[Outcome]:
     """What a run would do, as outcomes with status `planned`."""
-    return [_unapplied(step, PLANNED) for step in the_plan.steps]
+    return [_unapplied(step, PLANNED, _described(source_of, work, step))
+            for work, step in _steps_with_work(the_plan)]
 
 
 def run(the_plan: plan.Plan, context: Context) -> list[Outcome]:
-    outcomes = [_unapplied(step, SKIPPED) for step in the_plan.others]
+    outcomes: dict[Step, Outcome] = {}
+    for step in the_plan.others:
+        outcomes[step] = _unapplied(step, SKIPPED)
+    runs = [_WorkRun(work) for work in the_plan.works]
+    for group in _by_source(runs, context.sources):
+        _seed_group(group, context)
+    for work_run in runs:
+        _finish_work(work_run, context)
+        outcomes.update(work_run.outcomes)
+    return [outcomes[step] for _, step in _steps_with_work(the_plan)]
+
+
+def _steps_with_work(the_plan: plan.Plan):
+    yield from ((None, step) for step in the_plan.others)
     for work in the_plan.works:
-        outcomes.extend(_apply_work(work, context))
-    return outcomes
+        yield from ((work, step) for step in work.steps)
 
 
-def _unapplied(step: Step, status: str) -> Outcome:
+def _described(source_of: dict, work: Optional[TemplateWork], step: Step) -> str:
+    if work is None or step.action not in plan.WRITES_COPY:
+        return ""
+    source = source_of.get(work.spec.section)
+    return source.describe() if source else ""
+
+
+def _unapplied(step: Step, status: str, source: str = "") -> Outcome:
     if step.action == plan.FAIL:
         return Outcome(step, FAILED, step.template_id, step.reason)
     if step.action == plan.SKIP:
         return Outcome(step, SKIPPED, step.template_id)
     if step.action == plan.NONE:
         return Outcome(step, READY, step.template_id, virtual_size=step.copy.virtual_size)
-    return Outcome(step, status, step.template_id)
+    return Outcome(step, status, step.template_id, source=source)
 
 
-def _apply_work(work: TemplateWork, context: Context) -> list[Outcome]:
-    template_id = work.template.id if work.template else None
-    outcomes: dict[Step, Outcome] = {}
-    for step in work.steps:
-        if step.action in (plan.NONE, plan.FAIL):
-            outcomes[step] = _unapplied(step, PLANNED)
-    if work.seed_steps:
-        template_id = _seed(work, context, template_id, outcomes)
-    for step in (s for s in work.steps if s.action == plan.ADOPT):
-        outcomes[step] = _adopt(step, context.catalog)
-    ready = [o for o in outcomes.values() if o.status == READY]
-    if work.template is not None and ready:
-        _complete_existing(work, context.catalog, ready)
-    return [outcomes[step] for step in work.steps]
+class _WorkRun:
+    """One template's progress through a run."""
+
+    def __init__(self, work: TemplateWork):
+        self.work = work
+        self.template_id = work.template.id if work.template else None
+        self.file_uuid = str(uuid.uuid4())  # also vm_template.uuid when registering
+        self.filename = f"{self.file_uuid}.{work.spec.hypervisor.extension}"
+        self.outcomes: dict[Step, Outcome] = {}
+        self.writers: list[_CopyWriter] = []
+        self.checksum_text = str(work.spec.checksum) if work.spec.checksum else ""
+        self.source = ""
+        for step in work.steps:
+            if step.action in (plan.NONE, plan.FAIL):
+                self.outcomes[step] = _unapplied(step, READY)
+
+    def fail_seeding(self, message: str) -> None:
+        for writer in self.writers:
+            writer.fail(message)
+        for step in self.work.seed_steps:
+            self.outcomes.setdefault(step, Outcome(step, FAILED, self.template_id, message,
+                                                   source=self.source))
+
+
+def _by_source(runs: list[_WorkRun], source_of: dict) -> list[list[_WorkRun]]:
+    groups: dict[str, list[_WorkRun]] = {}
+    for work_run in runs:
+        if work_run.work.seed_steps:
+            key = source_of[work_run.work.spec.section].path
+            groups.setdefault(key, []).append(work_run)
+    return list(groups.values())
 
 
 # --- seeding -------------------------------------------------------------------------------
 
 
 class _CopyWriter:
-    """One store's share of the single pass over the source; a failure here stays here."""
+    """One store's share of the single pass over a source; a failure here stays here."""
 
     def __init__(self, step: Step, root: str, filename: str):
         self.step = step
         self.filename = filename
         self.error = ""
-        self.size = 0
         self.stage = stores.Stage(root)
         self.stream = self.stage.open_image(filename)
+        self.member = None
 
     def write(self, chunk: bytes) -> None:
-        if self.error:
-            return
-        try:
-            self.stream.write(chunk)
-            self.size += len(chunk)
-        except OSError as exc:
-            self.fail(_store_error(exc, self.step))
+        self._guarded(self.stream.write, chunk)
+
+    def open_member(self, name: str) -> None:
+        self._guarded(self._open_member, name)
+
+    def _open_member(self, name: str) -> None:
+        self.member = self.stage.open_image(name)
+
+    def write_member(self, chunk: bytes) -> None:
+        self._guarded(self.member.write, chunk)
+
+    def close_member(self) -> None:
+        self._guarded(self._close, self.member)
 
     def finish(self) -> None:
+        self._guarded(self._close, self.stream)
+
+    def _close(self, stream) -> None:
+        if stream is not None and not stream.closed:
+            stores.fsync_file(stream)
+            stream.close()
+
+    def _guarded(self, action, argument) -> None:
         if self.error:
             return
         try:
-            stores.fsync_file(self.stream)
-            self.stream.close()
+            action(argument)
         except OSError as exc:
             self.fail(_store_error(exc, self.step))
 
     def fail(self, message: str) -> None:
-        self.error = message
-        try:
-            self.stream.close()
-        except OSError:
-            pass
+        if not self.error:
+            self.error = message
+        for stream in (self.stream, self.member):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
         self.stage.discard()
 
 
-def _seed(work: TemplateWork, context: Context, template_id: Optional[int],
-          outcomes: dict) -> Optional[int]:
-    spec = work.spec
-    file_uuid = str(uuid.uuid4())
-    filename = f"{file_uuid}.{spec.hypervisor.extension}"
-    writers = _open_writers(work.seed_steps, context, filename, outcomes)
-    if not writers:
-        return template_id
+def _seed_group(group: list[_WorkRun], context: Context) -> None:
+    """One pass over a source for every template that uses it."""
+    spec = group[0].work.spec
+    source = context.sources[spec.section]
+    for work_run in group:
+        work_run.source = source.describe()
     try:
-        virtual_size = _copy_source(work, context, writers)
+        path = _local_file(source, spec, context)
+    except (SeedError, OSError) as exc:
+        for work_run in group:
+            work_run.fail_seeding(str(exc))
+        return
+    for work_run in group:
+        _open_writers(work_run, context)
+    writers = [w for work_run in group for w in work_run.writers]
+    if not writers:
+        return
+    hashers = {run_.checksum_text: _hasher(run_.work.spec.checksum) for run_ in group}
+    LOG.info("Copying %s to %d store(s)", path, len(writers))
+    try:
+        info = images.read(path, spec.hypervisor.image_format, list(hashers.values()), writers,
+                           context.max_image_size)
     except (SeedError, OSError) as exc:
         LOG.error("%s: %s", spec.label, exc)
-        for writer in writers:
-            writer.fail(str(exc))
+        for work_run in group:
+            work_run.fail_seeding(str(exc))
+        return
     except BaseException:
-        for writer in writers:
-            writer.fail("interrupted")
+        for work_run in group:
+            work_run.fail_seeding("interrupted")
         raise
-    for writer in writers:
-        if writer.error:
-            outcomes[writer.step] = Outcome(writer.step, FAILED, template_id, writer.error)
-            continue
-        outcome = _publish(work, writer, context, template_id, file_uuid, virtual_size)
-        template_id = outcome.template_id
-        outcomes[writer.step] = outcome
-    return template_id
+    for work_run in group:
+        _verify_and_publish(work_run, hashers[work_run.checksum_text], path, info, context)
 
 
-def _open_writers(steps, context: Context, filename: str, outcomes: dict) -> list[_CopyWriter]:
-    writers = []
-    for step in steps:
+def _local_file(source: sources.Source, spec, context: Context) -> str:
+    if source.kind == sources.DOWNLOAD:
+        return sources.fetch(source, spec.checksum, context.downloads)
+    return source.path
+
+
+def _hasher(expected: Optional[checksum.Checksum]):
+    # Without an expected value (allowed with --allow-unverified) we record SHA-512.
+    return expected.new_hasher() if expected else checksum.Checksum("SHA-512", "").new_hasher()
+
+
+def _open_writers(work_run: _WorkRun, context: Context) -> None:
+    for step in work_run.work.seed_steps:
         try:
-            writers.append(_CopyWriter(step, context.roots[step.store.id], filename))
+            work_run.writers.append(
+                _CopyWriter(step, context.roots[step.store.id], work_run.filename))
         except OSError as exc:
-            outcomes[step] = Outcome(step, FAILED, step.template_id, _store_error(exc, step))
-    return writers
+            work_run.outcomes[step] = Outcome(step, FAILED, step.template_id,
+                                              _store_error(exc, step), source=work_run.source)
 
 
-def _copy_source(work: TemplateWork, context: Context, writers: list[_CopyWriter]) -> int:
-    """Stream the source once into every writer; verify format and checksum. Returns the
-    virtual size."""
-    spec = work.spec
-    path = sources.bundled_path(context.templates_dir, spec)
-    LOG.info("Copying %s to %d store(s)", path, len(writers))
-    hasher = spec.checksum.new_hasher()
-    head = b""
-    virtual_size = None
-    for chunk in images.expand(path, hasher):
-        if virtual_size is None:
-            head += chunk[: images.HEAD_SIZE - len(head)]
-            if len(head) >= images.HEAD_SIZE:
-                # Refuse a wrong image before writing gigabytes of it.
-                virtual_size = images.virtual_size(head, spec.hypervisor.image_format, path)
-        for writer in writers:
-            writer.write(chunk)
-    if virtual_size is None:
-        virtual_size = images.virtual_size(head, spec.hypervisor.image_format, path)
-    spec.checksum.verify(hasher, path)
-    for writer in writers:
+def _verify_and_publish(work_run: _WorkRun, hasher, path: str, info: images.ImageInfo,
+                        context: Context) -> None:
+    spec = work_run.work.spec
+    try:
+        if spec.checksum:
+            spec.checksum.verify(hasher, path)
+        else:
+            work_run.checksum_text = str(checksum.Checksum("SHA-512", hasher.hexdigest()))
+            LOG.warning("%s: metadata.ini gives no checksum; recording the computed %s",
+                        spec.label, work_run.checksum_text)
+    except SeedError as exc:
+        work_run.fail_seeding(str(exc))
+        return
+    for writer in work_run.writers:
         writer.finish()
-    return virtual_size
+        if writer.error:
+            work_run.outcomes[writer.step] = Outcome(writer.step, FAILED, work_run.template_id,
+                                                     writer.error, source=work_run.source)
+        else:
+            work_run.outcomes[writer.step] = _publish(work_run, writer, info, context)
 
 
-def _publish(work: TemplateWork, writer: _CopyWriter, context: Context,
-             template_id: Optional[int], file_uuid: str, virtual_size: int) -> Outcome:
+def _publish(work_run: _WorkRun, writer: _CopyWriter, info: images.ImageInfo,
+             context: Context) -> Outcome:
     """One transaction for this (template, store): rows, template.properties, rename, commit."""
-    step, catalog, spec = writer.step, context.catalog, work.spec
+    step, catalog, spec = writer.step, context.catalog, work_run.work.spec
     when = now()
-    registering = template_id is None
+    registering = work_run.template_id is None
+    template_id = work_run.template_id
     try:
         with catalog.transaction():
             if registering:
                 template_id = catalog.allocate_template_id()
                 catalog.insert_template(NewTemplate(
-                    template_id, file_uuid, spec.name, spec.url, str(spec.checksum),
-                    spec.hypervisor.image_format, work.guest_os_id, spec.hypervisor.db_name,
-                    spec.arch), when)
-                catalog.add_zone_refs(template_id, work.missing_zone_ids, when)
+                    template_id, work_run.file_uuid, spec.name, spec.url,
+                    work_run.checksum_text, spec.hypervisor.image_format,
+                    work_run.work.guest_os_id, spec.hypervisor.db_name, spec.arch), when)
+                catalog.add_zone_refs(template_id, work_run.work.missing_zone_ids, when)
             install_path = stores.install_path(template_id, writer.filename)
             ref_id = (step.store_ref.id if step.store_ref else
                       catalog.insert_store_ref(template_id, step.store.id, install_path,
                                                spec.url, when))
             writer.stage.write_properties(properties.TemplateProperties(
-                template_id, spec.hypervisor.extension, writer.filename, writer.size,
-                virtual_size, spec.hypervisor.key))
+                template_id, spec.hypervisor.extension, writer.filename, info.image_size,
+                info.virtual_size, spec.hypervisor.key))
             writer.stage.publish(template_id)
-            catalog.mark_store_ref_ready(ref_id, install_path, virtual_size, writer.size, now())
+            catalog.mark_store_ref_ready(ref_id, install_path, info.virtual_size,
+                                         info.image_size, now())
             if registering:
-                catalog.activate_template(template_id, virtual_size)
+                catalog.activate_template(template_id, info.virtual_size)
     except BaseException as exc:
         writer.stage.unpublish()
         writer.stage.discard()
         if not isinstance(exc, (SeedError, OSError)):
             raise
-        return Outcome(step, FAILED, None if registering else template_id,
-                       _store_error(exc, step) if isinstance(exc, OSError) else str(exc))
+        message = _store_error(exc, step) if isinstance(exc, OSError) else str(exc)
+        return Outcome(step, FAILED, template_id if not registering else None, message,
+                       source=work_run.source)
+    work_run.template_id = template_id
     LOG.info("%s: %s template %d on store %d (%s)", spec.label,
              "registered and seeded" if registering else "seeded", template_id, step.store.id,
              install_path)
-    return Outcome(step, READY, template_id, virtual_size=virtual_size)
+    return Outcome(step, READY, template_id, virtual_size=info.virtual_size,
+                   source=work_run.source)
 
 
 # --- rows only -----------------------------------------------------------------------------
+
+
+def _finish_work(work_run: _WorkRun, context: Context) -> None:
+    for step in (s for s in work_run.work.steps if s.action == plan.ADOPT):
+        work_run.outcomes[step] = _adopt(step, context.catalog)
+    ready = [o for o in work_run.outcomes.values() if o.status == READY]
+    if work_run.work.template is not None and ready:
+        _complete_existing(work_run.work, context.catalog, ready)
 
 
 def _adopt(step: Step, catalog: Catalog) -> Outcome:
@@ -274,4 +360,5 @@ def _store_error(exc: OSError, step: Step) -> str:
                 "to this management server.")
     if exc.errno == errno.EROFS:
         return f"{where} is read-only: {exc.strerror}."
-    return f"{where}: {exc}"
+    return f"{where}: {exc.strerror or exc}" + (
+        f" ({os.path.basename(exc.filename)})" if exc.filename else "")

@@ -269,7 +269,7 @@ class Catalog:
         """
         # No FOR UPDATE here: that would lock vm_template for the management servers.
         (highest,) = self._one("SELECT COALESCE(MAX(id), 0) AS m FROM vm_template")
-        candidate = highest + 1
+        candidate = int(highest) + 1  # COALESCE over BIGINT UNSIGNED comes back as Decimal
         if "sequence" in self.columns:
             row = self._row("SELECT value FROM sequence WHERE name = 'vm_template_seq' FOR UPDATE")
             if row is not None:

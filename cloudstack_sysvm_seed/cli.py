@@ -9,7 +9,18 @@ import signal
 import sys
 from typing import Mapping, Optional, Sequence
 
-from . import __version__, apply, dbprops, errors, metadata, observe, plan, report, settings
+from . import (
+    __version__,
+    apply,
+    dbprops,
+    errors,
+    metadata,
+    observe,
+    plan,
+    report,
+    settings,
+    sources,
+)
 from .catalog import Catalog
 
 LOG = logging.getLogger(__name__)
@@ -36,7 +47,8 @@ def _add_global_options(parser: argparse.ArgumentParser, default) -> None:
                         help=f"management server db.properties (default "
                              f"{settings.DEFAULT_DB_PROPERTIES})")
     parser.add_argument("--key-file", default=default, metavar="FILE",
-                        help=f"management server key (default {settings.DEFAULT_KEY_FILE})")
+                        help=f"management server key, for ENC() values in db.properties "
+                             f"(default {dbprops.DEFAULT_KEY_FILE})")
     parser.add_argument("--templates-dir", default=default, metavar="DIR",
                         help="directory with metadata.ini and the bundled images (default "
                              "/usr/share/cloudstack-management/templates/systemvm)")
@@ -74,6 +86,18 @@ def _seed_parser() -> argparse.ArgumentParser:
                         help="only this hypervisor (kvm, vmware, xenserver, ...); repeatable")
     parser.add_argument("--dry-run", action="store_true",
                         help="change nothing; print the plan")
+    parser.add_argument("--download-repository", metavar="PREFIX",
+                        help="fetch images that are not bundled from this mirror (upstream's "
+                             "layout: PREFIX/<X.Y>/<file>)")
+    parser.add_argument("--download-attempts", type=int, metavar="N",
+                        help="tries per download, with backoff (default 5)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help=f"where downloads are kept (default {sources.DEFAULT_CACHE_DIR})")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="seed images whose metadata.ini checksum is empty, recording "
+                             "their SHA-512")
+    parser.add_argument("--max-image-size", type=float, metavar="GIB",
+                        help="refuse images that expand beyond this (default 64)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as JSON, one record per (zone, store, "
                              "hypervisor)")
@@ -119,20 +143,22 @@ def main(argv: Optional[Sequence[str]] = None,
 def _seed(config: settings.Settings) -> int:
     meta = metadata.load(os.path.join(config.templates_dir, "metadata.ini"))
     db_config = dbprops.database_config(dbprops.load(config.db_properties),
-                                        config.db_properties)
+                                        config.db_properties, config.key_file, os.environ)
     catalog = Catalog.connect(db_config)
     try:
         snapshot = observe.read_catalog(catalog, meta)
         targets, skipped = plan.select(snapshot, meta, config.scope)
         with observe.Observation(snapshot, config.mounts) as observation:
-            observation.probe(meta, targets, config.templates_dir)
-            the_plan = plan.build(observation.snapshot, meta, targets, skipped)
+            observation.probe(meta, targets, config.templates_dir, config.downloads)
+            the_plan = plan.build(observation.snapshot, meta, targets, skipped,
+                                  config.allow_unverified)
             if config.dry_run:
-                outcomes = apply.dry_run(the_plan)
+                outcomes = apply.dry_run(the_plan, observation.sources)
             else:
                 outcomes = apply.run(the_plan, apply.Context(
-                    catalog, observation.roots, config.templates_dir,
-                    tuple(z.id for z in snapshot.zones)))
+                    catalog, observation.roots, observation.sources,
+                    tuple(z.id for z in snapshot.zones), config.downloads,
+                    config.max_image_size))
     finally:
         catalog.close()
     print(report.to_json(outcomes) if config.json else

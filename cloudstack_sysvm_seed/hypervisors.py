@@ -43,9 +43,6 @@ HYPERVISORS = (
 # Hypervisor types that exist in cluster rows but never get a system VM template.
 NO_TEMPLATE = frozenset({"External", "Simulator", "BareMetal", "None", "Any"})
 
-# Formats this version can write onto a store; the others come with the formats issue.
-SEEDABLE_FORMATS = frozenset({"QCOW2"})
-
 _BY_KEY = {hv.key: hv for hv in HYPERVISORS}
 _BY_DB_NAME = {hv.db_name.lower(): hv for hv in HYPERVISORS}
 

@@ -42,9 +42,11 @@ class Observation(contextlib.ExitStack):
         self.snapshot = snapshot
         self.mount_settings = mount_settings
         self.roots: dict[int, str] = {}  # store id -> mountpoint
+        self.sources: dict[str, sources.Source] = {}  # metadata section -> source
 
-    def probe(self, metadata: Metadata, targets: list[plan.Target], templates_dir: str) -> None:
-        """Mount each target store once, see what it holds, and check the bundled sources."""
+    def probe(self, metadata: Metadata, targets: list[plan.Target], templates_dir: str,
+              downloads: sources.DownloadSettings) -> None:
+        """Mount each target store once, see what it holds, and find each spec's source."""
         mount_errors: dict[int, str] = {}
         for store in _unique_stores(targets):
             error = self._mount(store)
@@ -59,9 +61,11 @@ class Observation(contextlib.ExitStack):
                     root, template.id, target.spec.hypervisor.extension)
         missing = {}
         for spec in {t.spec for t in targets}:
-            reason = sources.missing_reason(templates_dir, spec)
-            if reason:
-                missing[spec.section] = reason
+            found = sources.locate(spec, metadata, templates_dir, downloads)
+            if isinstance(found, sources.Source):
+                self.sources[spec.section] = found
+            else:
+                missing[spec.section] = found
         self.snapshot = dataclasses.replace(
             self.snapshot, copies=copies, mount_errors=mount_errors, missing_sources=missing)
 

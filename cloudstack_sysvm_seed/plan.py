@@ -39,7 +39,7 @@ class Snapshot:
     # Filled after mounting: what each store holds, and which stores could not be mounted.
     copies: Mapping[tuple[int, int], StoreCopy] = field(default_factory=dict)
     mount_errors: Mapping[int, str] = field(default_factory=dict)
-    # Bundled source files that are missing, by metadata section.
+    # Why a spec has no usable source (no bundled, cached or downloadable file), by section.
     missing_sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -198,20 +198,24 @@ def existing_template(snapshot: Snapshot, spec: TemplateSpec) -> Optional[Templa
 
 
 def build(snapshot: Snapshot, metadata: Metadata, targets: list[Target],
-          skipped: list[Step]) -> Plan:
-    """Turn targets into per-template work."""
+          skipped: list[Step], allow_unverified: bool = False) -> Plan:
+    """Turn targets into per-template work.
+
+    allow_unverified: seed images whose metadata.ini checksum is empty (4.20's aarch64).
+    """
     by_spec: dict[TemplateSpec, list[Target]] = {}
     for target in targets:
         by_spec.setdefault(target.spec, []).append(target)
-    works = tuple(_work(snapshot, metadata, spec, group) for spec, group in by_spec.items())
+    works = tuple(_work(snapshot, metadata, spec, group, allow_unverified)
+                  for spec, group in by_spec.items())
     return Plan(works, tuple(skipped))
 
 
 def _work(snapshot: Snapshot, metadata: Metadata, spec: TemplateSpec,
-          targets: list[Target]) -> TemplateWork:
+          targets: list[Target], allow_unverified: bool) -> TemplateWork:
     template = existing_template(snapshot, spec)
     steps = [_target_step(snapshot, spec, template, t) for t in targets]
-    problem = _seeding_problem(snapshot, metadata, spec)
+    problem = _seeding_problem(snapshot, metadata, spec, allow_unverified)
     if problem:
         steps = [_failed(s, problem) if s.action in WRITES_COPY else s for s in steps]
     all_zones = tuple(z.id for z in snapshot.zones)
@@ -244,15 +248,14 @@ def _target_step(snapshot: Snapshot, spec: TemplateSpec, template: Optional[Temp
     return Step(ADOPT, reason=_adopt_reason(ref), **base)
 
 
-def _seeding_problem(snapshot: Snapshot, metadata: Metadata, spec: TemplateSpec) -> str:
+def _seeding_problem(snapshot: Snapshot, metadata: Metadata, spec: TemplateSpec,
+                     allow_unverified: bool) -> str:
     """Why no copy of this spec can be written in this run, or "" when one can."""
-    if spec.hypervisor.image_format not in hypervisors.SEEDABLE_FORMATS:
-        return f"format {spec.hypervisor.image_format} not supported yet"
     if spec.section in snapshot.missing_sources:
         return snapshot.missing_sources[spec.section]
-    if spec.checksum is None:
+    if spec.checksum is None and not allow_unverified:
         return (f"{metadata.path} [{spec.section}] checksum is empty; refusing to seed an "
-                "unverified image")
+                "unverified image (--allow-unverified seeds it and records its SHA-512)")
     return ""
 
 

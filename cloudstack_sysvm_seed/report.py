@@ -26,6 +26,7 @@ def record(outcome: Outcome) -> dict:
         "status": outcome.status,
         "error": outcome.error or None,
         "detail": step.reason or None,
+        "source": outcome.source or None,
     }
 
 

@@ -6,12 +6,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from . import sources
+from . import dbprops, images, sources
 from .plan import Scope
 from .stores import MountSettings
 
 DEFAULT_DB_PROPERTIES = "/etc/cloudstack/management/db.properties"
-DEFAULT_KEY_FILE = "/etc/cloudstack/management/key"
 DEFAULT_MOUNT_COMMAND = "mount -t nfs"
 DEFAULT_UMOUNT_COMMAND = "umount"
 ENV_MOUNT_COMMAND = "CLOUDSTACK_SYSVM_SEED_MOUNT_COMMAND"
@@ -25,6 +24,9 @@ class Settings:
     templates_dir: str
     mounts: MountSettings
     scope: Scope
+    downloads: sources.DownloadSettings = sources.DownloadSettings()
+    allow_unverified: bool = False
+    max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
     dry_run: bool = False
     json: bool = False
     log_file: Optional[str] = None
@@ -41,12 +43,23 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
     )
     return Settings(
         db_properties=args.db_properties or DEFAULT_DB_PROPERTIES,
-        key_file=args.key_file or DEFAULT_KEY_FILE,
+        key_file=args.key_file or dbprops.DEFAULT_KEY_FILE,
         templates_dir=args.templates_dir or sources.DEFAULT_TEMPLATES_DIR,
         mounts=mounts,
         scope=Scope(tuple(getattr(args, "zone", None) or ()),
                     tuple(getattr(args, "hypervisor", None) or ())),
+        downloads=sources.DownloadSettings(
+            cache_dir=getattr(args, "cache_dir", None) or sources.DEFAULT_CACHE_DIR,
+            repository=getattr(args, "download_repository", None),
+            attempts=max(1, getattr(args, "download_attempts", None) or 5),
+        ),
+        allow_unverified=bool(getattr(args, "allow_unverified", False)),
+        max_image_size=_gib(getattr(args, "max_image_size", None)),
         dry_run=bool(getattr(args, "dry_run", False)),
         json=bool(getattr(args, "json", False)),
         log_file=args.log_file,
     )
+
+
+def _gib(value: Optional[float]) -> int:
+    return int(value * (1 << 30)) if value else images.DEFAULT_MAX_IMAGE_SIZE

@@ -15,7 +15,9 @@ Tests using the DB fixtures get the `db` marker and tests using the mount fixtur
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -57,6 +59,29 @@ def require_root(what: str) -> None:
 def _mount_tests_need_root(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("mounts"):
         require_root(f"{request.node.nodeid} (marked `mounts`)")
+
+
+# -- network ----------------------------------------------------------------------------------
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(sock, address):
+    """Tests talk to servers they start on this machine, never to anything else."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise OSError(f"test tried to connect to {host}: only loopback is allowed")
+    return _real_connect(sock, address)
+
+
+@pytest.fixture(autouse=True)
+def _no_traffic_beyond_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
 
 
 # -- database ---------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 FORMS = ("4.16", "4.19", "4.20")
 HYPERVISORS = ("kvm", "vmware", "xenserver", "hyperv", "lxc", "ovm3")
-DEFAULT_DOWNLOAD_BASE = "https://download.cloudstack.org/systemvm"
+# Loopback, port 9 (discard, nothing listens): a test bed must never reach out to the
+# internet, even when a test forgets to bundle a file.
+DEFAULT_DOWNLOAD_BASE = "http://127.0.0.1:9/systemvm"
 
 # The hypervisor part of upstream's file names (templateConfig.sh's "generic" names).
 _FILE_HV = {
@@ -81,6 +83,69 @@ def make_qcow2(path: Union[Path, str], virtual_size: Union[int, str]) -> Path:
     return target
 
 
+def make_vhd(path: Union[Path, str], virtual_size: Union[int, str], fixed: bool = False) -> Path:
+    """A VHD as XenServer and Hyper-V use: dynamic (footer copy at offset 0) or fixed (only
+    the footer at the end), with a little data."""
+    target = Path(path)
+    options = ["-o", "subformat=fixed"] if fixed else []
+    _run(["qemu-img", "create", "-q", "-f", "vpc", *options, str(target), str(virtual_size)])
+    _write_pattern(target, "vpc")
+    return target
+
+
+def make_raw(path: Union[Path, str], virtual_size: int) -> Path:
+    """A raw disk (Ovm3): sparse, with a little data."""
+    target = Path(path)
+    _run(["qemu-img", "create", "-q", "-f", "raw", str(target), str(virtual_size)])
+    _write_pattern(target, "raw")
+    return target
+
+
+def make_ova(path: Union[Path, str], virtual_size: int, disk_name: str = "disk1.vmdk") -> Path:
+    """An OVA as VMware's template: the OVF first, then the manifest, then a
+    streamOptimized vmdk, packed with the real tar in that order."""
+    target = Path(path)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ova-") as scratch:
+        work = Path(scratch)
+        disk = work / disk_name
+        _run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized",
+              str(disk), str(virtual_size)])
+        mib = virtual_size >> 20
+        ovf = work / "systemvm.ovf"
+        ovf.write_text(_OVF.format(disk=disk_name, size=disk.stat().st_size, mib=mib))
+        manifest = work / "systemvm.mf"
+        manifest.write_text("".join(
+            f"SHA256({f.name})= {file_digest(f, 'sha256')}\n" for f in (ovf, disk)))
+        _run(["tar", "--format=ustar", "-cf", str(target), "-C", str(work),
+              ovf.name, manifest.name, disk.name])
+    return target
+
+
+_OVF = """<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References>
+    <File ovf:href="{disk}" ovf:id="file1" ovf:size="{size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{mib}" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1"
+      ovf:fileRef="file1"
+      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="systemvm"><Info>A SystemVM template</Info></VirtualSystem>
+</Envelope>
+"""
+
+
+def _write_pattern(target: Path, image_format: str) -> None:
+    qemu_io = shutil.which("qemu-io")
+    if qemu_io:
+        _run([qemu_io, "-f", image_format, "-c", "write -q -P 0x5a 0 64k", str(target)],
+             stdout=subprocess.DEVNULL)
+
+
 def compress(src: Union[Path, str], dst: Union[Path, str], kind: str = "bz2") -> Path:
     """Compress with the real tool (bzip2/gzip) as packaging does; "none" copies."""
     source, target = Path(src), Path(dst)
@@ -88,9 +153,14 @@ def compress(src: Union[Path, str], dst: Union[Path, str], kind: str = "bz2") ->
     if kind == "none":
         shutil.copyfile(source, target)
         return target
+    if kind == "zip":
+        # zip -j: the member keeps its bare name, as upstream's .vhd.zip files do.
+        target.unlink(missing_ok=True)
+        _run(["zip", "-q", "-j", str(target), str(source)])
+        return target
     tools = {"bz2": ["bzip2", "-k", "-c"], "gz": ["gzip", "-k", "-c", "-n"]}
     if kind not in tools:
-        raise ValueError(f"unknown compression {kind!r}; choose bz2, gz or none")
+        raise ValueError(f"unknown compression {kind!r}; choose bz2, gz, zip or none")
     with open(target, "wb") as out:
         _run([*tools[kind], str(source)], stdout=out)
     return target
@@ -300,3 +370,33 @@ def build_kvm_bundle(
     return write_metadata(
         directory, entries, version=version, form=form, checksum_alg=checksum_alg, prefixed=prefixed
     )
+
+
+def build_all_bundle(
+    templates_dir: Union[Path, str],
+    version: str,
+    virtual_size: int = 64 * 1024**2,
+    form: str = "4.20",
+    fixed_vhd: bool = False,
+) -> Metadata:
+    """A templates dir with every hypervisor's image bundled, each in upstream's packaging:
+    kvm/lxc .qcow2.bz2, xenserver .vhd.bz2, hyperv .vhd.zip, vmware .ova, ovm3 .raw.bz2."""
+    directory = Path(templates_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def name(hv):
+        return directory / canonical_filename(hv, version, form)
+
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as scratch:
+        work = Path(scratch)
+        compress(make_qcow2(work / "systemvm.qcow2", virtual_size), name("kvm"), "bz2")
+        compress(make_vhd(work / "systemvm-xen.vhd", virtual_size, fixed_vhd), name("xenserver"),
+                 "bz2")
+        compress(make_vhd(work / "systemvm-hyperv.vhd", virtual_size, fixed_vhd),
+                 name("hyperv"), "zip")
+        make_ova(name("vmware"), virtual_size)
+        compress(make_raw(work / "systemvm.raw", virtual_size), name("ovm3"), "bz2")
+    entries = [MetadataEntry(hv, path=name(hv)) for hv in
+               ("kvm", "vmware", "xenserver", "hyperv", "ovm3")]
+    entries.append(MetadataEntry("lxc", path=name("kvm")))
+    return write_metadata(directory, entries, version=version, form=form)

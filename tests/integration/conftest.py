@@ -75,6 +75,7 @@ class World:
             "--db-properties", str(self.cloud.db_properties),
             "--templates-dir", str(self.templates),
             "--mount-command", mount_command or self.mount_command,
+            "--cache-dir", str(self.runtime.parent / "cache"),
             *args,
         ])
         captured = self.capsys.readouterr()

@@ -236,12 +236,20 @@ def test_missing_bundled_file_is_reported_as_missing(world, stores_root):
     zone_with_one_store(world)
     world.bundle.unlink()
     templates_before = world.rows("vm_template")
-    run = world.run("--json")
+    run = world.run("--json", "--download-attempts", "1")
     assert run.code == errors.EXIT_FAILED
     (record,) = json.loads(run.out)
-    assert record["status"] == "failed" and "is missing" in record["error"]
+    assert record["status"] == "failed"
+    assert record["error"].startswith(f"{world.bundle} is missing, and downloading ")
     assert "checksum" not in record["error"].lower()
     assert world.rows("vm_template") == templates_before
+
+    metadata = world.templates / "metadata.ini"
+    metadata.write_text(metadata.read_text().replace(world.kvm.downloadurl, ""))
+    (record,) = json.loads(world.run("--json").out)
+    assert record["error"] == (f"{world.bundle} is missing (metadata.ini [{world.kvm.name}] "
+                               "names it) and there is no downloadurl: put the file there, or "
+                               "pass --download-repository")
 
 
 def test_a_failing_mount_fails_that_store_only(world, stores_root):
@@ -293,15 +301,16 @@ def test_dry_run_prints_the_plan_and_changes_nothing(world, stores_root):
     assert world.leftover_mountpoints() == []
 
 
-def test_other_formats_fail_alone_and_kvm_completes(world, stores_root):
+def test_a_hypervisor_without_its_file_fails_alone_and_kvm_completes(world, stores_root):
     zone = world.builder.zone("east")
     world.builder.cluster(zone, "KVM")
-    world.builder.cluster(zone, "XenServer")
+    world.builder.cluster(zone, "XenServer")  # the KVM-only bundle has no xen file
     store, _ = world.nfs_store(zone, "10.1.0.1", "/export/a1")
-    run = world.run("--json")
+    run = world.run("--json", "--download-attempts", "1")
     assert run.code == errors.EXIT_FAILED
     records = {r["hypervisor"]: r for r in json.loads(run.out)}
-    assert records["xenserver"]["error"] == "format VHD not supported yet"
+    assert "xen.vhd.bz2 is missing, and downloading" in records["xenserver"]["error"]
+    assert "Connection refused" in records["xenserver"]["error"]
     assert records["kvm"]["status"] == "ready"
     assert [r["store_id"] for r in world.rows("template_store_ref")] == [store]
 

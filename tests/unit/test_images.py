@@ -1,12 +1,19 @@
+"""The one-pass image reader, with real bytes: compressions, formats, OVA and zip safety."""
+
 import bz2
 import gzip
 import hashlib
+import io
+import lzma
+import stat
 import struct
+import tarfile
+import zipfile
 
 import pytest
 
 from cloudstack_sysvm_seed import images
-from cloudstack_sysvm_seed.errors import ImageFormatError, Unsupported
+from cloudstack_sysvm_seed.errors import ImageFormatError
 
 
 def qcow2_header(virtual_size, version=3, backing_offset=0):
@@ -14,78 +21,242 @@ def qcow2_header(virtual_size, version=3, backing_offset=0):
     return header.ljust(512, b"\0")
 
 
-IMAGE = qcow2_header(1 << 30) + bytes(range(256)) * 8000
+def vhd_footer(current_size):
+    footer = bytearray(512)
+    footer[0:8] = b"conectix"
+    footer[48:56] = struct.pack(">Q", current_size)
+    return bytes(footer)
 
 
-def expand_all(path, chunk_size=images.CHUNK_SIZE):
-    hasher = hashlib.md5()
-    out = b"".join(images.expand(str(path), hasher, chunk_size))
-    return out, hasher.hexdigest()
+QCOW2 = qcow2_header(1 << 30) + bytes(range(256)) * 8000
+DYNAMIC_VHD = vhd_footer(100 << 20) + b"\x01" * 4096 + vhd_footer(100 << 20)
+FIXED_VHD = b"\x07" * (1 << 20) + vhd_footer(1 << 20)
 
 
-@pytest.mark.parametrize("compress", [bz2.compress, gzip.compress, lambda data: data])
-def test_expand_decompresses_and_hashes_the_raw_file(tmp_path, compress):
-    raw = compress(IMAGE)
+class Collector:
+    """A sink that keeps what it is given, members by name."""
+
+    def __init__(self):
+        self.image = bytearray()
+        self.members = {}
+        self.open = None
+
+    def write(self, chunk):
+        self.image += chunk
+
+    def open_member(self, name):
+        self.open = name
+        self.members[name] = bytearray()
+
+    def write_member(self, chunk):
+        self.members[self.open] += chunk
+
+    def close_member(self):
+        self.open = None
+
+
+def read(tmp_path, data, image_format="QCOW2", chunk_size=4096, **kw):
     path = tmp_path / "image"
-    path.write_bytes(raw)
-    out, digest = expand_all(path, chunk_size=4096)
-    assert out == IMAGE
-    assert digest == hashlib.md5(raw).hexdigest()
+    path.write_bytes(data)
+    sinks = [Collector(), Collector()]
+    hasher = hashlib.md5()
+    info = images.read(str(path), image_format, [hasher], sinks, chunk_size=chunk_size, **kw)
+    assert sinks[0].image == sinks[1].image and sinks[0].members == sinks[1].members
+    assert hasher.hexdigest() == hashlib.md5(data).hexdigest()  # the raw file, hashed once
+    return info, sinks[0]
 
 
-def test_concatenated_bzip2_streams_as_pbzip2_writes_them(tmp_path):
-    half = len(IMAGE) // 2
-    path = tmp_path / "multi.bz2"
-    path.write_bytes(bz2.compress(IMAGE[:half]) + bz2.compress(IMAGE[half:]))
-    assert expand_all(path, chunk_size=1000)[0] == IMAGE
+@pytest.mark.parametrize("compress, name", [
+    (bz2.compress, "bzip2"), (gzip.compress, "gzip"), (lambda d: d, "none")])
+def test_decompresses_hashes_and_sizes_qcow2(tmp_path, compress, name):
+    info, sink = read(tmp_path, compress(QCOW2))
+    assert bytes(sink.image) == QCOW2
+    assert info == images.ImageInfo(name, len(QCOW2), 1 << 30)
 
 
-def test_truncated_bzip2_is_named(tmp_path):
-    raw = bz2.compress(IMAGE)
-    path = tmp_path / "cut.qcow2.bz2"
-    path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ImageFormatError, match="cut.qcow2.bz2: the bzip2 stream is truncated"):
-        expand_all(path)
+def test_concatenated_streams_as_pbzip2_and_multi_member_gzip_write_them(tmp_path):
+    half = len(QCOW2) // 2
+    for compress in (bz2.compress, gzip.compress):
+        info, sink = read(tmp_path, compress(QCOW2[:half]) + compress(QCOW2[half:]), chunk_size=999)
+        assert bytes(sink.image) == QCOW2
+
+
+def test_vhd_sizes_come_from_the_footer_dynamic_and_fixed(tmp_path):
+    assert read(tmp_path, bz2.compress(DYNAMIC_VHD), "VHD")[0].virtual_size == 100 << 20
+    assert read(tmp_path, bz2.compress(FIXED_VHD), "VHD")[0].virtual_size == 1 << 20
+    old_tool = FIXED_VHD[:-1]  # some tools wrote a 511-byte footer
+    assert read(tmp_path, old_tool, "VHD")[0].virtual_size == 1 << 20
+
+
+def test_raw_virtual_size_is_its_length(tmp_path):
+    data = b"\x42" * 70000
+    assert read(tmp_path, bz2.compress(data), "RAW")[0].virtual_size == 70000
+
+
+@pytest.mark.parametrize("data, image_format, words", [
+    (QCOW2, "VHD", "holds qcow2 data, but this hypervisor needs VHD"),
+    (DYNAMIC_VHD, "QCOW2", "holds vhd data, but this hypervisor needs QCOW2"),
+    (QCOW2, "RAW", "holds qcow2 data, but this hypervisor needs RAW"),
+    (b"\x07" * 70000, "VHD", "does not contain a VHD image"),
+    (b"\x07" * 70000, "OVA", "holds no known image data, but this hypervisor needs OVA"),
+    (qcow2_header(1 << 20, backing_offset=528), "QCOW2", "backing file"),
+    (qcow2_header(1 << 20, version=9), "QCOW2", "unknown qcow2 version 9"),
+    (qcow2_header(0), "QCOW2", "virtual size of 0"),
+], ids=lambda value: value if isinstance(value, str) and len(value) < 12 else None)
+def test_wrong_or_unsafe_images_are_refused(tmp_path, data, image_format, words):
+    with pytest.raises(ImageFormatError, match=words):
+        read(tmp_path, bz2.compress(data), image_format)
+
+
+def test_a_wrong_format_is_refused_before_the_rest_is_written(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(DYNAMIC_VHD + b"\0" * (4 << 20))
+    sink = Collector()
+    with pytest.raises(ImageFormatError):
+        images.read(str(path), "QCOW2", [], [sink], chunk_size=4096)
+    assert len(sink.image) == 0
+
+
+def half(data):
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("data, words", [
+    (lzma.compress(QCOW2), "xz compression is not supported"),
+    (half(bz2.compress(QCOW2)), "the bzip2 stream is truncated"),
+    (half(gzip.compress(QCOW2)), "the gzip stream is truncated"),
+], ids=["xz", "bzip2", "gzip"])
+def test_unknown_and_truncated_compression(tmp_path, data, words):
+    with pytest.raises(ImageFormatError, match=words):
+        read(tmp_path, data)
 
 
 def test_corrupt_bzip2_is_named(tmp_path):
-    raw = bytearray(bz2.compress(IMAGE))
+    raw = bytearray(bz2.compress(QCOW2))
     raw[100:110] = b"\xff" * 10
-    path = tmp_path / "bad.bz2"
-    path.write_bytes(bytes(raw))
-    with pytest.raises(ImageFormatError, match="bad.bz2: corrupt bzip2 data"):
-        expand_all(path)
+    with pytest.raises(ImageFormatError, match="image: corrupt bzip2 data"):
+        read(tmp_path, bytes(raw))
 
 
-def test_zip_is_not_supported_yet(tmp_path):
-    path = tmp_path / "x.vhd.zip"
-    path.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    with pytest.raises(Unsupported, match="zip"):
-        expand_all(path)
+def test_size_cap(tmp_path):
+    with pytest.raises(ImageFormatError, match="expands to more than 100000 bytes"):
+        read(tmp_path, bz2.compress(QCOW2), max_size=100000)
 
 
-def test_compression_is_detected_by_content_not_name():
-    assert images.compression_of(bz2.compress(b"a")) == "bzip2"
-    assert images.compression_of(gzip.compress(b"a")) == "gzip"
-    assert images.compression_of(b"QFI\xfb...") == "none"
+# --- zip (Hyper-V) -------------------------------------------------------------------------
 
 
-def test_qcow2_virtual_size_from_the_header():
-    assert images.virtual_size(qcow2_header(5 * 2**30), "QCOW2", "p") == 5 * 2**30
-    assert images.qcow2_virtual_size(qcow2_header(2**20, version=2), "p") == 2**20
+def make_zip(members, method=zipfile.ZIP_DEFLATED):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members:
+            if isinstance(name, zipfile.ZipInfo):
+                archive.writestr(name, data)
+            else:
+                archive.writestr(name, data)
+    return buffer.getvalue()
 
 
-@pytest.mark.parametrize("head, words", [
-    (b"\0" * 512, "does not contain a qcow2 image"),
-    (qcow2_header(2**20, backing_offset=528), "backing file"),
-    (qcow2_header(2**20, version=9), "unknown qcow2 version 9"),
-    (qcow2_header(0), "virtual size of 0"),
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_zip_with_one_vhd(tmp_path, method):
+    info, sink = read(tmp_path, make_zip([("systemvm-hyperv.vhd", DYNAMIC_VHD)], method), "VHD")
+    assert bytes(sink.image) == DYNAMIC_VHD and info.compression == "zip"
+    assert info.virtual_size == 100 << 20
+
+
+def link_info(name):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize("members, words", [
+    ([("a.vhd", DYNAMIC_VHD), ("b.vhd", DYNAMIC_VHD)], "more than one member"),
+    ([("../../etc/a.vhd", DYNAMIC_VHD)], "absolute or parent path"),
+    ([("/etc/a.vhd", DYNAMIC_VHD)], "absolute or parent path"),
+    ([(link_info("a.vhd"), DYNAMIC_VHD)], "not a regular file"),
 ])
-def test_bad_qcow2_headers_are_refused(head, words):
+def test_unsafe_zips_are_refused(tmp_path, members, words):
     with pytest.raises(ImageFormatError, match=words):
-        images.virtual_size(head, "QCOW2", "/t/x.qcow2.bz2")
+        read(tmp_path, make_zip(members), "VHD")
 
 
-def test_other_formats_are_not_supported_yet():
-    with pytest.raises(Unsupported, match="format VHD not supported yet"):
-        images.virtual_size(b"conectix", "VHD", "p")
+def test_truncated_zip(tmp_path):
+    with pytest.raises(ImageFormatError, match="zip"):
+        read(tmp_path, half(make_zip([("a.vhd", FIXED_VHD)])), "VHD")
+
+
+# --- OVA (VMware) --------------------------------------------------------------------------
+
+OVF = b"""<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+          xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References><File ovf:href="disk1.vmdk" ovf:id="file1"/></References>
+  <DiskSection><Disk ovf:capacity="200" ovf:capacityAllocationUnits="byte * 2^20"
+    ovf:diskId="vmdisk1" ovf:fileRef="file1"/></DiskSection>
+</Envelope>"""
+VMDK = b"KDMV" + b"\x09" * 30000
+
+
+def make_tar(members, tar_format=tarfile.USTAR_FORMAT):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as archive:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            else:
+                info.linkname = "disk1.vmdk"
+                archive.addfile(info)
+    return buffer.getvalue()
+
+
+REG = tarfile.REGTYPE
+GOOD_OVA = [("vm.ovf", OVF, REG), ("vm.mf", b"SHA256(disk1.vmdk)= ab\n", REG),
+            ("disk1.vmdk", VMDK, REG), ("notes.txt", b"not referenced", REG)]
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT,
+                                        tarfile.GNU_FORMAT])
+def test_ova_keeps_the_archive_and_extracts_ovf_manifest_and_disks(tmp_path, tar_format):
+    data = make_tar(GOOD_OVA, tar_format)
+    info, sink = read(tmp_path, data, "OVA", chunk_size=700)
+    assert bytes(sink.image) == data
+    assert info == images.ImageInfo("none", len(data), 200 << 20,
+                                    ("vm.ovf", "vm.mf", "disk1.vmdk"))
+    assert {k: bytes(v) for k, v in sink.members.items()} == {
+        "vm.ovf": OVF, "vm.mf": b"SHA256(disk1.vmdk)= ab\n", "disk1.vmdk": VMDK}
+
+
+def test_long_member_names_via_pax_and_gnu_headers(tmp_path):
+    long_name = "d" * 120 + ".vmdk"
+    ovf = OVF.replace(b"disk1.vmdk", long_name.encode())
+    for tar_format in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        data = make_tar([("vm.ovf", ovf, REG), (long_name, VMDK, REG)], tar_format)
+        assert read(tmp_path, data, "OVA")[1].members[long_name] == VMDK
+
+
+@pytest.mark.parametrize("members, words", [
+    ([("disk1.vmdk", VMDK, REG), ("vm.ovf", OVF, REG)], "the first member is 'disk1.vmdk'"),
+    ([("vm.ovf", OVF, REG)], "references disk1.vmdk, which the OVA does not contain"),
+    ([("vm.ovf", OVF, REG), ("../disk1.vmdk", VMDK, REG)], "absolute or parent path"),
+    ([("/vm.ovf", OVF, REG)], "absolute or parent path"),
+    ([("vm.ovf", OVF, REG), ("disk1.vmdk", b"", tarfile.SYMTYPE)], "link or a device"),
+    ([("vm.ovf", OVF, REG), ("disk1.vmdk", b"", tarfile.LNKTYPE)], "link or a device"),
+    ([("vm.ovf", OVF, REG), ("disk1.vmdk", b"", tarfile.CHRTYPE)], "link or a device"),
+    ([("vm.ovf", OVF, REG), ("sub/disk1.vmdk", VMDK, REG)], "subdirectory"),
+    ([("vm.ovf", b"<!DOCTYPE x [<!ENTITY a 'b'>]><Envelope/>", REG)], "DTD"),
+    ([("vm.ovf", OVF.replace(b"byte * 2^20", b"furlongs"), REG), ("disk1.vmdk", VMDK, REG)],
+     "units 'furlongs'"),
+])
+def test_unsafe_or_broken_ovas_are_refused(tmp_path, members, words):
+    with pytest.raises(ImageFormatError, match=words):
+        read(tmp_path, make_tar(members), "OVA")
+
+
+def test_truncated_ova(tmp_path):
+    data = make_tar(GOOD_OVA)
+    with pytest.raises(ImageFormatError, match="truncated"):
+        read(tmp_path, data[:2048 + 512], "OVA")

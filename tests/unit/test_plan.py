@@ -69,8 +69,7 @@ def test_fresh_database_registers_kvm_on_every_writable_nfs_store():
     assert kvm.template is None and kvm.missing_zone_ids == (1, 2, 3)
     assert summary(kvm.steps) == [(1, 11, "kvm", "register"), (1, 12, "kvm", "register"),
                                   (2, 22, "kvm", "register")]
-    assert summary(xen.steps) == [(2, 22, "xenserver", "fail")]
-    assert xen.steps[0].reason == "format VHD not supported yet"
+    assert summary(xen.steps) == [(2, 22, "xenserver", "register")]
     reasons = {(s.zone and s.zone.id, s.store and s.store.id): s.reason for s in result.others}
     assert reasons[(1, 13)].startswith("S3 store: not seeded")
     assert reasons[(2, 21)] == "read-only store"
@@ -206,3 +205,12 @@ def test_guest_os_from_metadata_or_the_hypervisor_default():
         "filename=f\nguestos=Debian GNU/Linux 12 (64-bit)\n")
     targets, skipped = plan.select(meta_guest, spec_with_guest, plan.Scope())
     assert plan.build(meta_guest, spec_with_guest, targets, skipped).works[0].guest_os_id == 363
+
+
+def test_an_empty_checksum_is_seeded_only_when_allowed():
+    hyps = {1: frozenset({("KVM", "aarch64")})}
+    snap = snapshot(zones=(Z1,), stores=STORES[:1], zone_hypervisors=hyps)
+    targets, skipped = plan.select(snap, META, plan.Scope())
+    assert [s.action for s in plan.build(snap, META, targets, skipped).steps] == [plan.FAIL]
+    allowed = plan.build(snap, META, targets, skipped, allow_unverified=True)
+    assert [s.action for s in allowed.steps] == [plan.REGISTER]
