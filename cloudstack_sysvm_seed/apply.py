@@ -45,6 +45,7 @@ class Context:
     roots: dict  # store id -> mountpoint
     sources: dict  # metadata section -> sources.Source
     all_zone_ids: tuple
+    release: str  # metadata.ini's X.Y.Z: minreq.sysvmtemplate.version
     downloads: sources.DownloadSettings = field(default_factory=sources.DownloadSettings)
     max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
 
@@ -65,7 +66,8 @@ def run(the_plan: plan.Plan, context: Context) -> list[Outcome]:
     for work_run in runs:
         _finish_work(work_run, context)
         outcomes.update(work_run.outcomes)
-    return [outcomes[step] for _, step in _steps_with_work(the_plan)]
+    changes = _point_cloudstack_at(runs, context)
+    return [outcomes[step] for _, step in _steps_with_work(the_plan)] + changes
 
 
 def _steps_with_work(the_plan: plan.Plan):
@@ -106,6 +108,11 @@ class _WorkRun:
         for step in work.steps:
             if step.action in (plan.NONE, plan.FAIL):
                 self.outcomes[step] = _unapplied(step, READY)
+
+    def ready_zones(self) -> list[int]:
+        """Zones where this template has a Ready copy after this run."""
+        return sorted({o.step.zone.id for o in self.outcomes.values()
+                       if o.status == READY and o.step.zone is not None})
 
     def fail_seeding(self, message: str) -> None:
         for writer in self.writers:
@@ -349,6 +356,76 @@ def _complete_existing(work: TemplateWork, catalog: Catalog, ready: list[Outcome
         if work.activate:
             catalog.activate_template(template.id, size)
             LOG.info("Template %d: state set to Active", template.id)
+
+
+# --- what CloudStack reads next: settings and system VMs --------------------------------------
+
+CONFIGURE = "configure"
+MINREQ_KEY = "minreq.sysvmtemplate.version"
+
+
+def _point_cloudstack_at(runs: list[_WorkRun], context: Context) -> list[Outcome]:
+    """Point router.template.<hv>, minreq.sysvmtemplate.version and the system VMs of the
+    zones now served at each template that has a Ready copy; report every change."""
+    ready = [r for r in runs if r.template_id is not None and r.ready_zones()]
+    changes: list[Outcome] = []
+    chosen: dict[str, _WorkRun] = {}
+    for work_run in ready:
+        key = work_run.work.spec.hypervisor.key
+        # One router.template.<hv> serves every arch; upstream lets the last arch win, we
+        # keep x86_64, which every zone can run, when both are registered.
+        if key not in chosen or work_run.work.spec.arch == "x86_64":
+            chosen[key] = work_run
+    try:
+        with context.catalog.transaction():
+            for work_run in chosen.values():
+                spec = work_run.work.spec
+                changes += _set(context.catalog, work_run, spec.hypervisor.config_key, spec.name)
+            if chosen:
+                changes += _set(context.catalog, next(iter(chosen.values())), MINREQ_KEY,
+                                context.release)
+            for work_run in ready:
+                changes += _repoint_system_vms(context.catalog, work_run)
+    except SeedError as exc:
+        LOG.error("Updating settings and system VMs failed: %s", exc)
+        step = Step(CONFIGURE, None, None, "", "", reason="settings and system VMs")
+        return [Outcome(step, FAILED, error=str(exc))]
+    return changes
+
+
+def _set(catalog: Catalog, work_run: _WorkRun, name: str, value: str) -> list[Outcome]:
+    spec = work_run.work.spec
+    zones = work_run.ready_zones()
+    removed = catalog.delete_zone_overrides([name], zones)
+    old = catalog.config_value(name)
+    if old == value and not removed:
+        return []
+    if old != value:
+        catalog.set_config(name, value, "Set by cloudstack-sysvm-seed")
+    reason = f"{name}: {old!r} -> {value!r}" if old != value else f"{name}: {value!r}"
+    if removed:
+        reason += f" (removed {removed} zone override(s))"
+    LOG.info("%s", reason)
+    step = Step(CONFIGURE, None, None, spec.hypervisor.key, spec.arch, work_run.template_id,
+                reason)
+    return [Outcome(step, READY, work_run.template_id)]
+
+
+def _repoint_system_vms(catalog: Catalog, work_run: _WorkRun) -> list[Outcome]:
+    spec = work_run.work.spec
+    vms = catalog.system_vms_not_on(work_run.template_id, spec.hypervisor.db_name, spec.arch,
+                                    work_run.ready_zones())
+    if not vms:
+        return []
+    catalog.point_system_vms_at([vm["id"] for vm in vms], work_run.template_id)
+    named = ", ".join(f"{vm['instance_name']} ({vm['type']}, was {vm['vm_template_id']})"
+                      for vm in vms)
+    reason = (f"system VMs now on template {work_run.template_id}: {named}; they use it "
+              "once recreated")
+    LOG.info("%s", reason)
+    step = Step(CONFIGURE, None, None, spec.hypervisor.key, spec.arch, work_run.template_id,
+                reason)
+    return [Outcome(step, READY, work_run.template_id)]
 
 
 def _store_error(exc: OSError, step: Step) -> str:

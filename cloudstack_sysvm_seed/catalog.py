@@ -97,26 +97,19 @@ class Catalog:
 
     def __init__(self, connection):
         self.conn = connection
+        self.config: Optional[DbConfig] = None  # set by connect(); needed for named_lock()
         self.columns = self._learn_columns()
 
     @classmethod
     def connect(cls, config: DbConfig) -> Catalog:
         """:raises CatalogError: naming the server and the cause, never the password."""
-        try:
-            connection = pymysql.connect(
-                host=config.host, port=config.port, user=config.user, password=config.password,
-                database=config.name, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
-                charset="utf8mb4", cursorclass=pymysql.cursors.DictCursor,
-                # Row counts then mean "rows matched", so an UPDATE that changes nothing is
-                # still told apart from one that found no row.
-                client_flag=CLIENT.FOUND_ROWS,
-            )
-        except pymysql.MySQLError as exc:
-            raise CatalogError(
-                f"Cannot connect to the cloud database {config.describe()}: {_reason(exc)}.",
-                "Check db.properties (--db-properties) and that MySQL/MariaDB is running.",
-            ) from None
-        return cls(connection)
+        catalog = cls(_open(config))
+        catalog.config = config
+        return catalog
+
+    def named_lock(self) -> NamedLock:
+        """A second connection for MySQL user locks, as CloudStack's GlobalLock keeps one."""
+        return NamedLock(_open(self.config))
 
     def close(self) -> None:
         self.conn.close()
@@ -351,6 +344,67 @@ class Catalog:
             "last_updated": when,
         }, ref_id)
 
+    # --- what CloudStack reads after registration ------------------------------------------
+
+    def config_value(self, name: str) -> Optional[str]:
+        row = self._row("SELECT value FROM configuration WHERE name = %s", (name,))
+        return row["value"] if row else None
+
+    def set_config(self, name: str, value: str, description: str) -> None:
+        """Set a global setting, inserting the row when it is missing.
+
+        Upstream's plain UPDATE reported success when no row matched; here a missing row is
+        inserted, so the value always lands.
+        """
+        changes = {"value": value, "updated": now()}
+        present = {k: v for k, v in changes.items() if self.has("configuration", k)}
+        assignments = ", ".join(f"{k} = %s" for k in present)
+        matched = self._execute(f"UPDATE configuration SET {assignments} WHERE name = %s",
+                                [*present.values(), name])
+        if matched == 0:
+            self._insert("configuration", {
+                "category": "Advanced", "instance": "DEFAULT",
+                "component": "ManagementServer", "name": name, "value": value,
+                "default_value": value, "description": description, "updated": now(),
+                "scope": "Global", "is_dynamic": 0,
+            })
+
+    def delete_zone_overrides(self, names: Iterable[str], zone_ids: Iterable[int]) -> int:
+        """Zone-level values of these settings (data_center_details), which would hide ours."""
+        names, zones = sorted(set(names)), sorted(set(zone_ids))
+        if not names or not zones or "data_center_details" not in self.columns:
+            return 0
+        return self._execute(
+            f"DELETE FROM data_center_details WHERE name IN ({_marks(names)}) "
+            f"AND dc_id IN ({_marks(zones)})", [*names, *zones])
+
+    def system_vms_not_on(self, template_id: int, hypervisor: str, arch: str,
+                          zone_ids: Iterable[int]) -> list[dict]:
+        """Non-removed system VMs of a hypervisor (and arch, where hosts record one) in these
+        zones that use another template. A VM without a host counts as x86_64."""
+        zones = sorted(set(zone_ids))
+        if not zones:
+            return []
+        arch_join, arch_test, args = "", "", [template_id, hypervisor, *zones]
+        if self.has("host", "arch"):
+            arch_join = "LEFT JOIN host h ON h.id = COALESCE(vm.host_id, vm.last_host_id) "
+            arch_test = "AND COALESCE(h.arch, 'x86_64') = %s "
+            args.append(arch)
+        return self._all(
+            "SELECT vm.id, vm.instance_name, vm.type, vm.data_center_id, vm.vm_template_id "
+            f"FROM vm_instance vm {arch_join}"
+            "WHERE vm.removed IS NULL AND vm.type <> 'User' AND vm.vm_template_id <> %s "
+            f"AND vm.hypervisor_type = %s AND vm.data_center_id IN ({_marks(zones)}) "
+            f"{arch_test}ORDER BY vm.id", args)
+
+    def point_system_vms_at(self, vm_ids: Iterable[int], template_id: int) -> int:
+        ids = sorted(set(vm_ids))
+        if not ids:
+            return 0
+        return self._execute(
+            f"UPDATE vm_instance SET vm_template_id = %s WHERE id IN ({_marks(ids)})",
+            [template_id, *ids])
+
     # --- plumbing ------------------------------------------------------------------------
 
     def _insert(self, table: str, values: dict) -> int:
@@ -398,6 +452,66 @@ class Catalog:
         except pymysql.MySQLError as exc:
             # The connection may be gone; the server then rolls back by itself.
             LOG.warning("Rollback failed: %s", _reason(exc))
+
+
+class NamedLock:
+    """MySQL user locks (GET_LOCK) on a dedicated autocommit connection: held until released
+    or until the connection dies, so a crashed run never leaves one behind."""
+
+    def __init__(self, connection):
+        self.conn = connection
+
+    def acquire(self, name: str, seconds: float) -> bool:
+        row = self._row("SELECT COALESCE(GET_LOCK(%s, %s), 0) AS got", (name, seconds))
+        return bool(row["got"])
+
+    def release(self, name: str) -> None:
+        self._row("SELECT RELEASE_LOCK(%s) AS released", (name,))
+
+    def holder(self, name: str) -> Optional[str]:
+        """Who holds a lock (connection, host), or None when it is free."""
+        row = self._row("SELECT IS_USED_LOCK(%s) AS id", (name,))
+        if not row or row["id"] is None:
+            return None
+        process = self._row(
+            "SELECT host, user, command, time FROM information_schema.PROCESSLIST "
+            "WHERE id = %s", (row["id"],))
+        if not process:
+            return f"connection {row['id']}"
+        return (f"connection {row['id']} from {process['host']} (user {process['user']}, "
+                f"{process['command']} for {process['time']}s)")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _row(self, sql: str, args) -> Optional[dict]:
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.execute(sql, args)
+                return cursor.fetchone()
+        except pymysql.MySQLError as exc:
+            raise CatalogError(f"Lock query failed: {_reason(exc)}.") from exc
+
+
+def _open(config: DbConfig):
+    try:
+        return pymysql.connect(
+            host=config.host, port=config.port, user=config.user, password=config.password,
+            database=config.name, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
+            charset="utf8mb4", cursorclass=pymysql.cursors.DictCursor,
+            # Row counts then mean "rows matched", so an UPDATE that changes nothing is
+            # still told apart from one that found no row.
+            client_flag=CLIENT.FOUND_ROWS,
+        )
+    except pymysql.MySQLError as exc:
+        raise CatalogError(
+            f"Cannot connect to the cloud database {config.describe()}: {_reason(exc)}.",
+            "Check db.properties (--db-properties) and that MySQL/MariaDB is running.",
+        ) from None
+
+
+def _marks(values) -> str:
+    return ", ".join(["%s"] * len(values))
 
 
 def _reason(exc: pymysql.MySQLError) -> str:

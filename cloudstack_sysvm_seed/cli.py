@@ -7,25 +7,13 @@ import logging
 import os
 import signal
 import sys
-from typing import Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence
 
-from . import (
-    __version__,
-    apply,
-    dbprops,
-    errors,
-    metadata,
-    observe,
-    plan,
-    report,
-    settings,
-    sources,
-)
-from .catalog import Catalog
+from . import __version__, apply, dbprops, errors, report, session, settings, sources
 
 LOG = logging.getLogger(__name__)
 PROG = "cloudstack-sysvm-seed"
-COMMANDS = ("seed",)
 
 EPILOG = f"""\
 exit codes:
@@ -35,6 +23,8 @@ exit codes:
   {errors.EXIT_METADATA}    metadata.ini is missing or malformed
   {errors.EXIT_DATABASE}    the cloud database is unreachable or not CloudStack's
   {errors.EXIT_STORE}    a store cannot be used at all (e.g. a malformed URL); nothing changed
+  {errors.EXIT_SOURCE}    a template image is missing or broken (install)
+  {errors.EXIT_LOCKED}    another run or a management server upgrade holds the lock
   {errors.EXIT_BUG}   internal error (a bug: please report it with --debug output)
   {errors.EXIT_INTERRUPTED}  interrupted (Ctrl-C); {errors.EXIT_TERMINATED} terminated (SIGTERM)
 
@@ -71,21 +61,30 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seed_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} [seed]", allow_abbrev=False, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Register the SystemVM templates described by metadata.ini and seed them "
-                    "onto every NFS image store of each zone.",
-    )
-    # Global options may also follow the command; SUPPRESS keeps values given before it.
-    _add_global_options(parser, argparse.SUPPRESS)
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its options and what it runs; `run` returns the exit code."""
+
+    name: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, settings.Settings], int]
+
+
+def _seed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zone", action="append", metavar="Z",
                         help="only this zone (id, uuid or name); repeatable")
     parser.add_argument("--hypervisor", action="append", metavar="HV",
                         help="only this hypervisor (kvm, vmware, xenserver, ...); repeatable")
     parser.add_argument("--dry-run", action="store_true",
                         help="change nothing; print the plan")
+    _source_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON, one record per (zone, store, "
+                             "hypervisor)")
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-repository", metavar="PREFIX",
                         help="fetch images that are not bundled from this mirror (upstream's "
                              "layout: PREFIX/<X.Y>/<file>)")
@@ -98,20 +97,48 @@ def _seed_parser() -> argparse.ArgumentParser:
                              "their SHA-512")
     parser.add_argument("--max-image-size", type=float, metavar="GIB",
                         help="refuse images that expand beyond this (default 64)")
-    parser.add_argument("--json", action="store_true",
-                        help="print the report as JSON, one record per (zone, store, "
-                             "hypervisor)")
+    parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
+                        help="wait this long for the registration lock (default 1200)")
+
+
+def _run_seed(args: argparse.Namespace, config: settings.Settings) -> int:
+    outcomes = session.seed(config)
+    print(report.to_json(outcomes) if config.json else
+          report.to_table(outcomes, dry_run=config.dry_run))
+    LOG.info("Done: %s", report.summary(outcomes))
+    failed = any(o.status == apply.FAILED for o in outcomes)
+    return errors.EXIT_FAILED if failed else errors.EXIT_OK
+
+
+SEED = Command(
+    "seed",
+    "Register the SystemVM templates described by metadata.ini and seed them onto every NFS "
+    "image store of each zone. The default command.",
+    _seed_arguments, _run_seed)
+
+COMMANDS: dict[str, Command] = {command.name: command for command in (SEED,)}
+
+
+def _command_parser(command: Command) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} {command.name}", allow_abbrev=False, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=command.description + f"\n\nCommands: {', '.join(COMMANDS)}.",
+    )
+    # Global options may also follow the command; SUPPRESS keeps values given before it.
+    _add_global_options(parser, argparse.SUPPRESS)
+    command.add_arguments(parser)
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """`seed` is the default command, so `cloudstack-sysvm-seed --zone Z` works."""
     known, rest = _top_parser().parse_known_args(list(argv))
-    command = "seed"
+    command = SEED
     if rest and rest[0] in COMMANDS:
-        command, rest = rest[0], rest[1:]
-    args = _seed_parser().parse_args(rest, namespace=known)
-    args.command = command
+        command, rest = COMMANDS[rest[0]], rest[1:]
+    args = _command_parser(command).parse_args(rest, namespace=known)
+    args.command = command.name
     return args
 
 
@@ -122,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None,
     _setup_logging(config.log_file, args.debug)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return _seed(config)
+        return COMMANDS[args.command].run(args, config)
     except errors.SeedError as exc:
         LOG.debug("Failure", exc_info=True)
         _print_error(exc.message, exc.hint)
@@ -138,34 +165,6 @@ def main(argv: Optional[Sequence[str]] = None,
         return errors.EXIT_BUG
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _seed(config: settings.Settings) -> int:
-    meta = metadata.load(os.path.join(config.templates_dir, "metadata.ini"))
-    db_config = dbprops.database_config(dbprops.load(config.db_properties),
-                                        config.db_properties, config.key_file, os.environ)
-    catalog = Catalog.connect(db_config)
-    try:
-        snapshot = observe.read_catalog(catalog, meta)
-        targets, skipped = plan.select(snapshot, meta, config.scope)
-        with observe.Observation(snapshot, config.mounts) as observation:
-            observation.probe(meta, targets, config.templates_dir, config.downloads)
-            the_plan = plan.build(observation.snapshot, meta, targets, skipped,
-                                  config.allow_unverified)
-            if config.dry_run:
-                outcomes = apply.dry_run(the_plan, observation.sources)
-            else:
-                outcomes = apply.run(the_plan, apply.Context(
-                    catalog, observation.roots, observation.sources,
-                    tuple(z.id for z in snapshot.zones), config.downloads,
-                    config.max_image_size))
-    finally:
-        catalog.close()
-    print(report.to_json(outcomes) if config.json else
-          report.to_table(outcomes, dry_run=config.dry_run))
-    LOG.info("Done: %s", report.summary(outcomes))
-    failed = any(o.status == apply.FAILED for o in outcomes)
-    return errors.EXIT_FAILED if failed else errors.EXIT_OK
 
 
 def _on_sigterm(signum, frame):

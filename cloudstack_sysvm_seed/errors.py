@@ -12,6 +12,7 @@ EXIT_METADATA = 3
 EXIT_DATABASE = 4
 EXIT_STORE = 5
 EXIT_SOURCE = 6
+EXIT_LOCKED = 7
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BUG = 70
@@ -53,6 +54,12 @@ class CatalogError(SeedError):
     """The cloud database is unreachable or does not look like CloudStack's."""
 
     exit_code = EXIT_DATABASE
+
+
+class LockTimeout(SeedError):
+    """Another run, or a management server upgrading the database, holds the lock."""
+
+    exit_code = EXIT_LOCKED
 
 
 class StoreError(SeedError):

@@ -24,6 +24,11 @@ _PACKAGE_HINTS = {
 }
 
 
+# sh 2 returns the output string unless asked for the command object; sh 1 (Debian 12's
+# python3-sh 1.14) always returns the object and would pass the unknown option to the program.
+_RETURN_COMMAND = {"_return_cmd": True} if int(sh.__version__.split(".")[0]) >= 2 else {}
+
+
 @dataclass(frozen=True)
 class Result:
     exit_code: int
@@ -55,10 +60,8 @@ def run(
         raise CommandFailed(shown, "program not found", hint.capitalize() + ".") from None
     env = dict(os.environ, LC_ALL="C")
     try:
-        done = command(
-            *argv[1:], _timeout=timeout, _ok_code=list(ok_codes), _env=env, _return_cmd=True,
-            _in=None,
-        )
+        done = command(*argv[1:], _timeout=timeout, _ok_code=list(ok_codes), _env=env,
+                       _in=None, **_RETURN_COMMAND)
     except sh.TimeoutException:
         raise CommandFailed(shown, f"timed out after {timeout:g}s") from None
     except sh.ErrorReturnCode as exc:

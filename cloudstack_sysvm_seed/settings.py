@@ -27,6 +27,7 @@ class Settings:
     downloads: sources.DownloadSettings = sources.DownloadSettings()
     allow_unverified: bool = False
     max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
+    lock_timeout: float = 1200.0  # upstream's registration waits 20 minutes
     dry_run: bool = False
     json: bool = False
     log_file: Optional[str] = None
@@ -55,6 +56,7 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
         ),
         allow_unverified=bool(getattr(args, "allow_unverified", False)),
         max_image_size=_gib(getattr(args, "max_image_size", None)),
+        lock_timeout=float(getattr(args, "lock_timeout", None) or 1200.0),
         dry_run=bool(getattr(args, "dry_run", False)),
         json=bool(getattr(args, "json", False)),
         log_file=args.log_file,

@@ -1,0 +1,144 @@
+"""What CloudStack reads after a run (settings, system VMs), the registration lock, and
+concurrent runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cloudstack_sysvm_seed import errors
+
+
+def one_zone(world, name="east", hypervisors=("KVM",)):
+    zone = world.builder.zone(name)
+    for hypervisor in hypervisors:
+        world.builder.cluster(zone, hypervisor)
+    store, export = world.nfs_store(zone, f"10.{zone}.0.1", "/export/s1")
+    return zone, store, export
+
+
+def config(world, name):
+    rows = world.cloud.query("SELECT value FROM configuration WHERE name = %s", (name,))
+    return rows[0]["value"] if rows else None
+
+
+@pytest.mark.parametrize("world", ["4.11", "4.20"], indirect=True)
+def test_settings_and_system_vms_point_at_the_new_template(world, stores_root):
+    east, _, _ = one_zone(world, "east")
+    west = world.builder.zone("west")  # no store: not seeded, its VMs stay
+    old = world.builder.template("systemvm-kvm-4.19.0", "KVM", "QCOW2")
+    b = world.builder
+    ssvm = b.system_vm(east, "SecondaryStorageVm", "KVM", old)
+    router = b.system_vm(east, "DomainRouter", "KVM", old)
+    user = b.system_vm(east, "User", "KVM", old)
+    gone = b.system_vm(east, "ConsoleProxy", "KVM", old, removed=True)
+    xen = b.system_vm(east, "ConsoleProxy", "XenServer", old)
+    elsewhere = b.system_vm(west, "SecondaryStorageVm", "KVM", old)
+    world.cloud.query("DELETE FROM configuration WHERE name = 'minreq.sysvmtemplate.version'")
+    if world.cloud.era != "4.11":
+        b.zone_detail(east, "router.template.kvm", "systemvm-kvm-4.19.0")
+
+    run = world.run("--json")
+    assert run.code == 0, run.err
+    (template,) = world.rows("vm_template", "name = %s", (world.kvm.templatename,))
+    assert config(world, "router.template.kvm") == world.kvm.templatename
+    release = world.meta.version.rsplit(".", 1)[0]  # X.Y.Z.S -> X.Y.Z
+    assert config(world, "minreq.sysvmtemplate.version") == release  # the row was missing
+    vms = {r["id"]: r["vm_template_id"] for r in world.rows("vm_instance")}
+    assert vms[ssvm] == vms[router] == template["id"]
+    assert vms[user] == vms[gone] == vms[xen] == vms[elsewhere] == old
+    changes = [r for r in json.loads(run.out) if r["action"] == "configure"]
+    texts = " | ".join(r["detail"] for r in changes)
+    assert f"router.template.kvm: 'SYSTEM VM' -> '{world.kvm.templatename}'" in texts or \
+        f"-> '{world.kvm.templatename}'" in texts
+    assert f"minreq.sysvmtemplate.version: None -> '{release}'" in texts
+    assert f"now on template {template['id']}" in texts and "s-" in texts
+    if world.cloud.era != "4.11":
+        assert world.cloud.query("SELECT * FROM data_center_details WHERE name = "
+                                 "'router.template.kvm'") == []
+
+    again = world.run("--json")
+    assert [r for r in json.loads(again.out) if r["action"] == "configure"] == []
+
+
+def test_system_vms_follow_their_hosts_arch(world, stores_root):
+    zone, _, _ = one_zone(world)
+    b = world.builder
+    arm_cluster = b.cluster(zone, "KVM", arch="aarch64")
+    arm_host = b.host(arm_cluster, arch="aarch64")
+    old = b.template("systemvm-kvm-4.19.0", "KVM", "QCOW2")
+    on_arm = b.system_vm(zone, "SecondaryStorageVm", "KVM", old, host_id=arm_host)
+    on_x86 = b.system_vm(zone, "ConsoleProxy", "KVM", old)
+    run = world.run("--hypervisor", "kvm", "--json")
+    assert run.code == 1  # aarch64's checksum is empty in 4.20 metadata: refused
+    (x86,) = world.rows("vm_template", "name = %s", (world.kvm.templatename,))
+    vms = {r["id"]: r["vm_template_id"] for r in world.rows("vm_instance")}
+    assert vms[on_x86] == x86["id"] and vms[on_arm] == old
+
+
+def hold_lock(world, name):
+    """Another connection (a management server, say) holding a MySQL user lock."""
+    holder = world.cloud.server.connect(database=world.cloud.name)
+    with holder.cursor() as cursor:
+        cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))
+        assert cursor.fetchone()[0] == 1
+    return holder
+
+
+@pytest.mark.parametrize("lock", ["UpgradeDatabase-Lock", "DatabaseUpgrade"])
+def test_a_held_lock_is_waited_for_and_its_holder_named(world, stores_root, lock):
+    one_zone(world)
+    holder = hold_lock(world, lock)
+    try:
+        run = world.run("--lock-timeout", "1")
+        assert run.code == errors.EXIT_LOCKED
+        assert f"Lock '{lock}' is still held by connection" in run.err
+        assert "from localhost" in run.err or "from 127.0.0.1" in run.err
+        assert world.rows("template_store_ref") == []
+    finally:
+        holder.close()
+    assert world.run().code == 0  # freed: the run goes ahead
+
+
+def test_a_run_waits_for_the_lock_then_finishes(world, stores_root):
+    one_zone(world)
+    holder = hold_lock(world, "UpgradeDatabase-Lock")
+    threading.Timer(1.5, holder.close).start()
+    started = time.monotonic()
+    run = world.run("--lock-timeout", "30")
+    assert run.code == 0, run.err
+    assert time.monotonic() - started >= 1.4
+    assert "Waiting for lock 'UpgradeDatabase-Lock', held by connection" in run.err
+
+
+def test_three_concurrent_runs_end_as_one(world, stores_root):
+    zone, _, _ = one_zone(world)
+    for n in (2, 3):
+        world.nfs_store(zone, f"10.9.0.{n}", f"/export/s{n}")
+    argv = [sys.executable, "-m", "cloudstack_sysvm_seed", "--db-properties",
+            str(world.cloud.db_properties), "--templates-dir", str(world.templates),
+            "--mount-command", world.mount_command, "--json"]
+    env = dict(os.environ, TMPDIR=str(world.runtime))
+    runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(3)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in runs]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
+    templates = world.rows("vm_template", "type = 'SYSTEM' AND name = %s",
+                           (world.kvm.templatename,))
+    assert len(templates) == 1
+    refs = world.rows("template_store_ref", "template_id = %s", (templates[0]["id"],))
+    assert len(refs) == 3 and {r["state"] for r in refs} == {"Ready"}
+    actions = sorted(r["action"] for _, out, _ in results for r in json.loads(out)
+                     if r["action"] != "configure")
+    assert actions.count("none") == 6 and len(actions) == 9  # one run did the work
+    for export in stores_root.rglob("tmpl/1"):
+        assert os.listdir(export) == [str(templates[0]["id"])]
+    for process in runs:
+        process.stdout.close()
+        process.stderr.close()

@@ -1,0 +1,134 @@
+"""Helpers for the package tests: tool checks, commands, fake packages, throwaway dpkg roots."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGING = REPO / "packaging"
+TEMPLATES_DIR = "usr/share/cloudstack-management/templates/systemvm"
+HOOK = "usr/lib/cloudstack-sysvm-seed/hook"
+PENDING = "var/lib/cloudstack-sysvm-seed/pending"
+LOG = "var/log/cloudstack/management/sysvm-seed.log"
+DB_PROPERTIES = "etc/cloudstack/management/db.properties"
+DIST_PACKAGES = "usr/lib/python3/dist-packages"
+
+
+def need(tool: str, apt_package: str) -> str:
+    """The tool's path; a missing tool FAILS the test with what to install, never skips."""
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if not found:
+        pytest.fail(f"{tool} not found: apt-get install {apt_package} "
+                    "(scripts/setup installs it)", pytrace=False)
+    return found
+
+
+def run(argv: Sequence[Union[str, Path]], env: Optional[Mapping[str, str]] = None,
+        check: bool = True, merge: bool = False, timeout: float = 120,
+        cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run argv, capturing text output (stderr into stdout with `merge`); with check, a
+    non-zero exit fails the test and shows the output."""
+    done = subprocess.run([str(a) for a in argv], env=None if env is None else dict(env),
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                          text=True, timeout=timeout, check=False, cwd=cwd)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, argv))} exited {done.returncode}\n"
+                    f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}", pytrace=False)
+    return done
+
+
+def build_deb(workdir: Path, package: str, version: str, files: Dict[str, Path]) -> Path:
+    """A minimal binary package holding `files` (path in the package -> source file)."""
+    stage = workdir / f"{package}-{version}"
+    for target, source in files.items():
+        destination = stage / target
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+    (stage / "DEBIAN").mkdir(parents=True)
+    (stage / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: package tests <tests@localhost>\n"
+        f"Description: stand-in {package} for the package tests\n")
+    deb = workdir / f"{package}_{version}_all.deb"
+    run(["dpkg-deb", "--root-owner-group", "-Znone", "--build", stage, deb])
+    return deb
+
+
+class DpkgRoot:
+    """An empty system for `dpkg --root`: its own database, nothing installed.
+
+    Maintainer scripts run un-chrooted (--force-script-chrootless) with DPKG_ROOT set to
+    this directory, which is how our hook finds every path inside it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        admin = path / "var/lib/dpkg"
+        for sub in ("info", "updates", "triggers"):
+            (admin / sub).mkdir(parents=True, exist_ok=True)
+        for name in ("status", "available"):
+            (admin / name).touch()
+
+    def __truediv__(self, relative: str) -> Path:
+        return self.path / relative
+
+    def dpkg(self, *args: Union[str, Path], env: Mapping[str, str]) -> subprocess.CompletedProcess:
+        """dpkg on this root; --force-depends because our Python dependencies live on the
+        host, not in this root's database. Output (stdout+stderr) is in .stdout."""
+        return run(["dpkg", f"--root={self.path}", "--force-script-chrootless",
+                    "--force-depends", "--log=/dev/null", *args],
+                   env=env, check=False, merge=True)
+
+    def status(self, package: str) -> str:
+        """dpkg's three-letter status, e.g. "ii " for installed and configured."""
+        done = run(["dpkg-query", f"--admindir={self / 'var/lib/dpkg'}", "-W",
+                    "-f=${db:Status-Abbrev}", package])
+        return done.stdout
+
+
+def base_env(**extra: str) -> Dict[str, str]:
+    """The environment for dpkg and the hook: ours, minus anything that would point the
+    seeder elsewhere, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CLOUDSTACK_SYSVM_SEED_") and k != "DPKG_ROOT"}
+    env.update(extra)
+    return env
+
+
+def hook_env(mount_command: str) -> Dict[str, str]:
+    """What the hook needs in a test: this interpreter (it has the libraries; Debian 12's
+    python3-sh is too old) and the bind-mount stand-in for `mount -t nfs`. With bytecode
+    written, a __pycache__ beside the installed package shows which copy ran."""
+    env = base_env(CLOUDSTACK_SYSVM_SEED_PYTHON=sys.executable,
+                   CLOUDSTACK_SYSVM_SEED_HOOK_ARGS=shlex.join(["--mount-command", mount_command]))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def one_store_zone(cloud, make_export) -> Tuple[Path, int]:
+    """A zone with a KVM cluster and one NFS store: (export directory, store id)."""
+    zone = cloud.builder.zone("east")
+    cloud.builder.cluster(zone, "KVM")
+    export = make_export("10.1.0.1", "/export/a1")
+    return export, cloud.builder.store(zone, "nfs://10.1.0.1/export/a1")
+
+
+def assert_seeded(cloud, export: Path, store: int, name: str) -> None:
+    """One SYSTEM template called `name`, Ready on the store, its files there."""
+    (template,) = cloud.query("SELECT id, uuid FROM vm_template WHERE type = 'SYSTEM' AND "
+                              "name = %s AND removed IS NULL", (name,))
+    (ref,) = cloud.query("SELECT store_id, state, install_path FROM template_store_ref "
+                         "WHERE template_id = %s", (template["id"],))
+    assert (ref["store_id"], ref["state"]) == (store, "Ready")
+    image = export / ref["install_path"].lstrip("/")
+    assert image.name == f"{template['uuid']}.qcow2" and image.stat().st_size > 0
+    assert (image.parent / "template.properties").is_file()

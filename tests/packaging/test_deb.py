@@ -1,0 +1,269 @@
+"""The .deb: built by packaging/build-deb, inspected with dpkg-deb, and installed for real
+with dpkg into a throwaway root, where cloudstack-management's templates fire our trigger
+and the hook seeds a real MariaDB and bind-mounted stores."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.metadata
+import platform
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from pkgtools import (
+    DB_PROPERTIES,
+    DIST_PACKAGES,
+    LOG,
+    PENDING,
+    REPO,
+    TEMPLATES_DIR,
+    DpkgRoot,
+    assert_seeded,
+    base_env,
+    build_deb,
+    hook_env,
+    need,
+    one_store_zone,
+    run,
+)
+
+from cloudstack_sysvm_seed import __version__
+
+UNIT = "usr/lib/systemd/system/cloudstack-sysvm-seed.service"
+WANTS = "usr/lib/systemd/system/cloudstack-management.service.wants/cloudstack-sysvm-seed.service"
+DEPENDS = ["python3 (>= 3.9)", "python3-pymysql", "python3-sh (>= 1.14)", "python3-requests",
+           "python3-tenacity", "python3-cryptography"]
+# The Python distribution behind each Debian dependency, to say what the host provides.
+DIST_OF_DEB = {"python3-pymysql": "PyMySQL", "python3-sh": "sh", "python3-requests": "requests",
+               "python3-tenacity": "tenacity", "python3-cryptography": "cryptography"}
+
+
+def field(deb: Path, name: str) -> str:
+    return run(["dpkg-deb", "-f", deb, name]).stdout.strip()
+
+
+def depends(deb: Path) -> List[str]:
+    return [d.strip() for d in field(deb, "Depends").split(",")]
+
+
+# -- what the package holds ---------------------------------------------------------------
+
+
+def test_control_fields_and_trigger(deb_package):
+    assert deb_package.name == f"cloudstack-sysvm-seed_{__version__}_all.deb"
+    assert field(deb_package, "Package") == "cloudstack-sysvm-seed"
+    assert field(deb_package, "Version") == __version__
+    assert field(deb_package, "Architecture") == "all"
+    assert depends(deb_package) == DEPENDS
+    triggers = run(["dpkg-deb", "-I", deb_package, "triggers"]).stdout.splitlines()
+    assert [t for t in triggers if t.strip() and not t.startswith("#")] == [
+        "interest-noawait /usr/share/cloudstack-management/templates/systemvm"]
+
+
+def test_file_list_modes_and_scripts(deb_package, tmp_path):
+    listing: Dict[str, str] = {}
+    for line in run(["dpkg-deb", "-c", deb_package]).stdout.splitlines():
+        mode, owner, _size, _date, _time, path = line.split(None, 5)
+        assert owner == "root/root", line
+        listing[path[1:].rstrip("/")] = mode
+    sources = {str(p.relative_to(REPO)) for p in (REPO / "cloudstack_sysvm_seed").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    shipped = {p[len(f"/{DIST_PACKAGES}/"):] for p in listing
+               if p.startswith(f"/{DIST_PACKAGES}/") and p.endswith(".py")}
+    assert shipped == sources
+    assert not [p for p in listing if "__pycache__" in p or p.endswith(".pyc")]
+    assert listing["/usr/bin/cloudstack-sysvm-seed"] == "-rwxr-xr-x"
+    assert listing["/usr/lib/cloudstack-sysvm-seed/hook"] == "-rwxr-xr-x"
+    assert listing[f"/{UNIT}"] == "-rw-r--r--"
+    assert listing[f"/{WANTS} -> ../cloudstack-sysvm-seed.service"] == "lrwxrwxrwx"
+    assert "/var/lib/cloudstack-sysvm-seed" in listing
+    # The maintainer scripts at least parse.
+    control = tmp_path / "control"
+    run(["dpkg-deb", "-e", deb_package, control])
+    assert sorted(p.name for p in control.iterdir()) == [
+        "control", "postinst", "postrm", "prerm", "triggers"]
+    for script in ("postinst", "prerm", "postrm"):
+        run(["sh", "-n", control / script])
+
+
+def test_launcher_runs_the_package(deb_tree):
+    text = (deb_tree / "usr/bin/cloudstack-sysvm-seed").read_text()
+    python = "${CLOUDSTACK_SYSVM_SEED_PYTHON:-/usr/bin/python3}"
+    assert f'exec "{python}" -m cloudstack_sysvm_seed "$@"' in text
+    env = base_env(PYTHONPATH=str(deb_tree / DIST_PACKAGES),
+                   CLOUDSTACK_SYSVM_SEED_PYTHON=sys.executable)
+    done = run([deb_tree / "usr/bin/cloudstack-sysvm-seed", "--version"], env=env)
+    assert done.stdout.strip() == f"cloudstack-sysvm-seed {__version__}"
+
+
+def test_depends_cover_every_import_with_debian_python(deb_tree):
+    """Debian's python3 with the Debian packages named in Depends imports every module, and
+    the runner works with bookworm's python3-sh 1.14."""
+    python = need("/usr/bin/python3", "python3")
+    script = f"""
+import importlib, pkgutil, sys
+# Only Debian's own paths: no /usr/local, no user site, no virtualenv.
+sys.path = [{str(deb_tree / DIST_PACKAGES)!r}] + [
+    p for p in sys.path if p and not p.startswith("/usr/local") and "site-packages" not in p]
+import cloudstack_sysvm_seed as package
+for module in pkgutil.walk_packages(package.__path__, "cloudstack_sysvm_seed."):
+    if module.name != "cloudstack_sysvm_seed.__main__":  # it runs the tool
+        importlib.import_module(module.name)
+from cloudstack_sysvm_seed import runner
+assert runner.run(["echo", "ok"], timeout=10).stdout == "ok\\n"
+print(package.__file__)
+"""
+    done = run([python, "-s", "-c", script], check=False)
+    wanted = " ".join(d.split()[0] for d in DEPENDS[1:])
+    assert done.returncode == 0, (
+        f"the package does not import with Debian's python3 and its Depends; if a module "
+        f"is missing, apt-get install {wanted} (scripts/setup does), else add the new "
+        f"dependency to packaging/debian/control and the spec:\n{done.stderr}")
+    assert done.stdout.strip().startswith(str(deb_tree))
+
+
+def test_systemd_unit(deb_tree, tmp_path):
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str  # systemd keys are case-sensitive
+    unit.read(deb_tree / UNIT)
+    assert unit["Unit"]["ConditionPathExists"] == f"/{PENDING}"
+    assert unit["Unit"]["Before"].split() == ["cloudstack-management.service"]
+    assert set(unit["Unit"]["After"].split()) == {
+        "network-online.target", "mariadb.service", "mysql.service"}
+    # Wants semantics: a failed seed must never keep the management server down.
+    for strong in ("Requires", "Requisite", "BindsTo", "PartOf"):
+        assert strong not in unit["Unit"]
+    assert unit["Service"]["Type"] == "oneshot"
+    assert unit["Service"]["ExecStart"] == "/usr/lib/cloudstack-sysvm-seed/hook"
+    assert int(unit["Service"]["TimeoutStartSec"]) >= 3600
+    assert unit["Install"]["WantedBy"] == "cloudstack-management.service"
+    assert (deb_tree / WANTS).resolve() == (deb_tree / UNIT).resolve()
+
+    analyze = need("systemd-analyze", "systemd")
+    # verify loads the default dependencies (sysinit.target...) from the root: lend it the
+    # host's targets, then check our unit and that ExecStart is there and executable.
+    root = tmp_path / "root"
+    shutil.copytree(deb_tree, root, symlinks=True)
+    host_units = next(d for d in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+                      if (d / "sysinit.target").exists())
+    for target in host_units.glob("*.target"):
+        shutil.copy(target, root / "usr/lib/systemd/system" / target.name)
+    done = run([analyze, "verify", f"--root={root}", f"/{UNIT}"], check=False)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+# -- dpkg for real --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def management_debs(template_bundles, tmp_path_factory):
+    """Stand-in cloudstack-management .debs: version -> (deb, templatename, bundle name)."""
+    work = tmp_path_factory.mktemp("management-deb")
+    made = {}
+    for version, bundle in template_bundles.items():
+        files = {f"{TEMPLATES_DIR}/{p.name}": p for p in bundle.directory.iterdir()}
+        deb = build_deb(work, "cloudstack-management", f"{version}-1", files)
+        made[version] = (deb, bundle.templatename, bundle.filename)
+    return made
+
+
+@pytest.fixture(scope="session")
+def host_python_deb(deb_package, tmp_path_factory):
+    """A package telling the root's dpkg database that the host provides our Depends, at
+    the versions of the interpreter the hook will use (this one). Installing ours with
+    --force-depends instead leaves its triggers pending: dpkg then reports a trigger cycle."""
+    provides = []
+    for dep in depends(deb_package):
+        name = dep.split()[0]
+        if name == "python3":
+            version = platform.python_version()
+        elif name in DIST_OF_DEB:
+            version = importlib.metadata.version(DIST_OF_DEB[name])
+        else:
+            pytest.fail(f"unknown dependency {name}: add its Python distribution to DIST_OF_DEB")
+        provides.append(f"{name} (= {version})")
+    work = tmp_path_factory.mktemp("host-python")
+    stage = work / "stage" / "DEBIAN"
+    stage.mkdir(parents=True)
+    (stage / "control").write_text(
+        "Package: host-python\nVersion: 1\nArchitecture: all\n"
+        f"Maintainer: package tests <tests@localhost>\nProvides: {', '.join(provides)}\n"
+        "Description: the host's python3 and libraries, seen from a throwaway root\n")
+    deb = work / "host-python_1_all.deb"
+    run(["dpkg-deb", "--root-owner-group", "--build", stage.parent, deb])
+    return deb
+
+
+@pytest.fixture
+def installed(cloud_db, make_export, mount_command, tmp_path, deb_package, host_python_deb):
+    """A zone with one NFS store, and a root with our package installed."""
+    export, store = one_store_zone(cloud_db, make_export)
+    root = DpkgRoot(tmp_path / "root")
+    (root / DB_PROPERTIES).parent.mkdir(parents=True)
+    shutil.copy(cloud_db.db_properties, root / DB_PROPERTIES)
+    env = hook_env(mount_command)
+    done = root.dpkg("-i", host_python_deb, deb_package, env=env)
+    assert done.returncode == 0, done.stdout
+    return cloud_db, root, env, export, store
+
+
+def test_trigger_seeds_on_install_and_on_upgrade(installed, management_debs):
+    cloud, root, env, export, store = installed
+    for version in ("4.20.0.0", "4.20.1.0"):  # install, then upgrade
+        deb, name, bundle = management_debs[version]
+        done = root.dpkg("-i", deb, env=env)
+        assert done.returncode == 0, done.stdout
+        assert "Processing triggers for cloudstack-sysvm-seed" in done.stdout
+        assert "did not finish" not in done.stdout
+        assert sorted(p.name for p in (root / TEMPLATES_DIR).iterdir()) == sorted(
+            ["metadata.ini", bundle])
+        assert_seeded(cloud, export, store, name)
+        assert not (root / PENDING).exists()
+    assert_seeded(cloud, export, store, management_debs["4.20.0.0"][1])  # still just one
+    assert "Done:" in (root / LOG).read_text()
+    assert root.status("cloudstack-sysvm-seed") == "ii "
+    package = root / f"{DIST_PACKAGES}/cloudstack_sysvm_seed"
+    assert (package / "__pycache__").is_dir(), "the hook did not run the root's package"
+
+    done = root.dpkg("--purge", "cloudstack-sysvm-seed", env=env)
+    assert done.returncode == 0, done.stdout
+    assert not package.exists()  # prerm removed __pycache__, so dpkg could remove the dir
+    assert not (root / "var/lib/cloudstack-sysvm-seed").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_failed_hook_keeps_dpkg_green_and_the_unit_retries(installed, management_debs):
+    cloud, root, env, export, store = installed
+    good = (root / DB_PROPERTIES).read_text()
+    (root / DB_PROPERTIES).write_text(
+        re.sub(r"(?m)^db\.cloud\.port=.*$", f"db.cloud.port={free_port()}", good))
+    deb, name, _ = management_debs["4.20.0.0"]
+    done = root.dpkg("-i", deb, env=env)
+    assert done.returncode == 0, done.stdout
+    # Exit 4: database unreachable (README).
+    assert "SystemVM template seeding did not finish (exit 4)" in done.stdout
+    assert f"see {root.path}/{LOG}" in done.stdout
+    assert "retried when cloudstack-management starts, or run: cloudstack-sysvm-seed" in done.stdout
+    assert (root / PENDING).read_text().startswith("exit=4\n")
+    assert root.status("cloudstack-sysvm-seed") == "ii "
+    assert root.status("cloudstack-management") == "ii "
+    assert not cloud.query("SELECT id FROM vm_template WHERE name = %s", (name,))
+
+    # The database is back; the unit's ExecStart runs as systemd would, on this root.
+    (root / DB_PROPERTIES).write_text(good)
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read(root / UNIT)
+    exec_start = root / unit["Service"]["ExecStart"].lstrip("/")
+    run([exec_start], env=dict(env, DPKG_ROOT=str(root.path)))
+    assert not (root / PENDING).exists()
+    assert_seeded(cloud, export, store, name)
