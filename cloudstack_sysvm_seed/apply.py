@@ -9,16 +9,14 @@ undoes that pair alone.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import checksum, images, plan, properties, sources, stores
+from . import checksum, copies, images, plan, properties, sources, stores
 from .catalog import Catalog, NewTemplate, now
-from .errors import SeedError
+from .errors import SeedError, StoreFull
 from .plan import Step, TemplateWork
 
 LOG = logging.getLogger(__name__)
@@ -37,6 +35,7 @@ class Outcome:
     error: str = ""
     virtual_size: Optional[int] = None
     source: str = ""
+    timed_out: bool = False  # the store stopped answering; unmount it lazily
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,8 @@ class Context:
     release: str  # metadata.ini's X.Y.Z: minreq.sysvmtemplate.version
     downloads: sources.DownloadSettings = field(default_factory=sources.DownloadSettings)
     max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
+    update_pointers: bool = True  # router.template.<hv>, minreq, system VMs (not for install)
+    stall_timeout: float = copies.DEFAULT_STALL_TIMEOUT
 
 
 def dry_run(the_plan: plan.Plan, source_of: dict) -> list[Outcome]:
@@ -57,6 +58,12 @@ def dry_run(the_plan: plan.Plan, source_of: dict) -> list[Outcome]:
 
 
 def run(the_plan: plan.Plan, context: Context) -> list[Outcome]:
+    """Apply the plan. The caller holds the registration lock, so no other run is writing:
+    any stage left on a store is a leftover of a crashed run and is removed first."""
+    for store_id, root in context.roots.items():
+        swept = stores.sweep_stages(root)
+        if swept:
+            LOG.info("Store %d: removed %d stale stage(s) of an interrupted run", store_id, swept)
     outcomes: dict[Step, Outcome] = {}
     for step in the_plan.others:
         outcomes[step] = _unapplied(step, SKIPPED)
@@ -66,7 +73,7 @@ def run(the_plan: plan.Plan, context: Context) -> list[Outcome]:
     for work_run in runs:
         _finish_work(work_run, context)
         outcomes.update(work_run.outcomes)
-    changes = _point_cloudstack_at(runs, context)
+    changes = _point_cloudstack_at(runs, context) if context.update_pointers else []
     return [outcomes[step] for _, step in _steps_with_work(the_plan)] + changes
 
 
@@ -102,12 +109,16 @@ class _WorkRun:
         self.file_uuid = str(uuid.uuid4())  # also vm_template.uuid when registering
         self.filename = f"{self.file_uuid}.{work.spec.hypervisor.extension}"
         self.outcomes: dict[Step, Outcome] = {}
-        self.writers: list[_CopyWriter] = []
+        self.writers: list[copies.CopyWriter] = []
         self.checksum_text = str(work.spec.checksum) if work.spec.checksum else ""
         self.source = ""
         for step in work.steps:
             if step.action in (plan.NONE, plan.FAIL):
                 self.outcomes[step] = _unapplied(step, READY)
+
+    def failed_copy(self, writer: copies.CopyWriter) -> Outcome:
+        return Outcome(writer.step, FAILED, self.template_id, writer.error, source=self.source,
+                       timed_out=writer.stalled)
 
     def ready_zones(self) -> list[int]:
         """Zones where this template has a Ready copy after this run."""
@@ -117,6 +128,7 @@ class _WorkRun:
     def fail_seeding(self, message: str) -> None:
         for writer in self.writers:
             writer.fail(message)
+            self.outcomes.setdefault(writer.step, self.failed_copy(writer))
         for step in self.work.seed_steps:
             self.outcomes.setdefault(step, Outcome(step, FAILED, self.template_id, message,
                                                    source=self.source))
@@ -134,60 +146,6 @@ def _by_source(runs: list[_WorkRun], source_of: dict) -> list[list[_WorkRun]]:
 # --- seeding -------------------------------------------------------------------------------
 
 
-class _CopyWriter:
-    """One store's share of the single pass over a source; a failure here stays here."""
-
-    def __init__(self, step: Step, root: str, filename: str):
-        self.step = step
-        self.filename = filename
-        self.error = ""
-        self.stage = stores.Stage(root)
-        self.stream = self.stage.open_image(filename)
-        self.member = None
-
-    def write(self, chunk: bytes) -> None:
-        self._guarded(self.stream.write, chunk)
-
-    def open_member(self, name: str) -> None:
-        self._guarded(self._open_member, name)
-
-    def _open_member(self, name: str) -> None:
-        self.member = self.stage.open_image(name)
-
-    def write_member(self, chunk: bytes) -> None:
-        self._guarded(self.member.write, chunk)
-
-    def close_member(self) -> None:
-        self._guarded(self._close, self.member)
-
-    def finish(self) -> None:
-        self._guarded(self._close, self.stream)
-
-    def _close(self, stream) -> None:
-        if stream is not None and not stream.closed:
-            stores.fsync_file(stream)
-            stream.close()
-
-    def _guarded(self, action, argument) -> None:
-        if self.error:
-            return
-        try:
-            action(argument)
-        except OSError as exc:
-            self.fail(_store_error(exc, self.step))
-
-    def fail(self, message: str) -> None:
-        if not self.error:
-            self.error = message
-        for stream in (self.stream, self.member):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        self.stage.discard()
-
-
 def _seed_group(group: list[_WorkRun], context: Context) -> None:
     """One pass over a source for every template that uses it."""
     spec = group[0].work.spec
@@ -200,14 +158,15 @@ def _seed_group(group: list[_WorkRun], context: Context) -> None:
         for work_run in group:
             work_run.fail_seeding(str(exc))
         return
-    for work_run in group:
-        _open_writers(work_run, context)
-    writers = [w for work_run in group for w in work_run.writers]
-    if not writers:
-        return
     hashers = {run_.checksum_text: _hasher(run_.work.spec.checksum) for run_ in group}
-    LOG.info("Copying %s to %d store(s)", path, len(writers))
     try:
+        needed = images.expanded_size_estimate(path)
+        for work_run in group:
+            _open_writers(work_run, context, needed)
+        writers = [w for work_run in group for w in work_run.writers]
+        if not writers:
+            return
+        LOG.info("Copying %s to %d store(s)", path, len(writers))
         info = images.read(path, spec.hypervisor.image_format, list(hashers.values()), writers,
                            context.max_image_size)
     except (SeedError, OSError) as exc:
@@ -234,14 +193,27 @@ def _hasher(expected: Optional[checksum.Checksum]):
     return expected.new_hasher() if expected else checksum.Checksum("SHA-512", "").new_hasher()
 
 
-def _open_writers(work_run: _WorkRun, context: Context) -> None:
+def _open_writers(work_run: _WorkRun, context: Context, needed: int) -> None:
+    """A writer per target store that passes the write probe and has room for the image."""
     for step in work_run.work.seed_steps:
+        root = context.roots[step.store.id]
         try:
-            work_run.writers.append(
-                _CopyWriter(step, context.roots[step.store.id], work_run.filename))
-        except OSError as exc:
-            work_run.outcomes[step] = Outcome(step, FAILED, step.template_id,
-                                              _store_error(exc, step), source=work_run.source)
+            _check_room(root, step, needed)
+            work_run.writers.append(copies.CopyWriter(step, root, work_run.filename,
+                                                     context.stall_timeout))
+        except (OSError, SeedError) as exc:
+            message = copies.store_error(exc, step) if isinstance(exc, OSError) else str(exc)
+            work_run.outcomes[step] = Outcome(step, FAILED, step.template_id, message,
+                                              source=work_run.source)
+
+
+def _check_room(root: str, step: Step, needed: int) -> None:
+    label = f"store {step.store.id} ({step.store.url})"
+    stores.check_writable(root, label)
+    free = stores.free_bytes(root)
+    if free < needed:
+        raise StoreFull(f"{label} has {free} bytes free; the image needs about {needed}.",
+                        "Free space on the store (or add another store to the zone) and rerun.")
 
 
 def _verify_and_publish(work_run: _WorkRun, hasher, path: str, info: images.ImageInfo,
@@ -252,21 +224,20 @@ def _verify_and_publish(work_run: _WorkRun, hasher, path: str, info: images.Imag
             spec.checksum.verify(hasher, path)
         else:
             work_run.checksum_text = str(checksum.Checksum("SHA-512", hasher.hexdigest()))
-            LOG.warning("%s: metadata.ini gives no checksum; recording the computed %s",
-                        spec.label, work_run.checksum_text)
+            LOG.warning("%s: no checksum to verify %s against; recording the computed %s",
+                        spec.label, path, work_run.checksum_text)
     except SeedError as exc:
         work_run.fail_seeding(str(exc))
         return
     for writer in work_run.writers:
         writer.finish()
         if writer.error:
-            work_run.outcomes[writer.step] = Outcome(writer.step, FAILED, work_run.template_id,
-                                                     writer.error, source=work_run.source)
+            work_run.outcomes[writer.step] = work_run.failed_copy(writer)
         else:
             work_run.outcomes[writer.step] = _publish(work_run, writer, info, context)
 
 
-def _publish(work_run: _WorkRun, writer: _CopyWriter, info: images.ImageInfo,
+def _publish(work_run: _WorkRun, writer: copies.CopyWriter, info: images.ImageInfo,
              context: Context) -> Outcome:
     """One transaction for this (template, store): rows, template.properties, rename, commit."""
     step, catalog, spec = writer.step, context.catalog, work_run.work.spec
@@ -286,10 +257,7 @@ def _publish(work_run: _WorkRun, writer: _CopyWriter, info: images.ImageInfo,
             ref_id = (step.store_ref.id if step.store_ref else
                       catalog.insert_store_ref(template_id, step.store.id, install_path,
                                                spec.url, when))
-            writer.stage.write_properties(properties.TemplateProperties(
-                template_id, spec.hypervisor.extension, writer.filename, info.image_size,
-                info.virtual_size, spec.hypervisor.key))
-            writer.stage.publish(template_id)
+            install_path = _place(writer, template_id, spec, info) or install_path
             catalog.mark_store_ref_ready(ref_id, install_path, info.virtual_size,
                                          info.image_size, now())
             if registering:
@@ -299,7 +267,7 @@ def _publish(work_run: _WorkRun, writer: _CopyWriter, info: images.ImageInfo,
         writer.stage.discard()
         if not isinstance(exc, (SeedError, OSError)):
             raise
-        message = _store_error(exc, step) if isinstance(exc, OSError) else str(exc)
+        message = copies.store_error(exc, step) if isinstance(exc, OSError) else str(exc)
         return Outcome(step, FAILED, template_id if not registering else None, message,
                        source=work_run.source)
     work_run.template_id = template_id
@@ -310,18 +278,42 @@ def _publish(work_run: _WorkRun, writer: _CopyWriter, info: images.ImageInfo,
                    source=work_run.source)
 
 
+def _place(writer: copies.CopyWriter, template_id: int, spec, info: images.ImageInfo):
+    """Publish the stage as template/tmpl/1/<id>; returns the install path when an identical
+    complete copy is already there and is kept instead.
+
+    That copy can only be a run's own work whose rows were lost (killed between the rename
+    and the commit): keeping it makes the rerun end exactly where an unbroken run would.
+    """
+    root = writer.stage.root
+    planned = writer.step.copy
+    there = stores.probe(root, template_id, spec.hypervisor.extension)
+    if ((planned is None or planned.state != "seeded")  # not a copy we were asked to replace
+            and there.state == "seeded" and there.physical_size == info.image_size
+            and there.virtual_size == info.virtual_size):
+        writer.stage.discard()
+        LOG.info("Store %d: kept the identical copy already at %s", writer.step.store.id,
+                 stores.template_dir(root, template_id))
+        return stores.install_path(template_id, there.filename)
+    writer.stage.write_properties(properties.TemplateProperties(
+        template_id, spec.hypervisor.extension, writer.filename, info.image_size,
+        info.virtual_size, spec.hypervisor.key))
+    writer.stage.publish(template_id)
+    return None
+
+
 # --- rows only -----------------------------------------------------------------------------
 
 
 def _finish_work(work_run: _WorkRun, context: Context) -> None:
     for step in (s for s in work_run.work.steps if s.action == plan.ADOPT):
-        work_run.outcomes[step] = _adopt(step, context.catalog)
+        work_run.outcomes[step] = _adopt(step, context.catalog, work_run.work.spec.url)
     ready = [o for o in work_run.outcomes.values() if o.status == READY]
     if work_run.work.template is not None and ready:
         _complete_existing(work_run.work, context.catalog, ready)
 
 
-def _adopt(step: Step, catalog: Catalog) -> Outcome:
+def _adopt(step: Step, catalog: Catalog, url: str) -> Outcome:
     """The copy on the store is complete: make its template_store_ref row say so."""
     copy = step.copy
     install_path = stores.install_path(step.template_id, copy.filename)
@@ -332,7 +324,7 @@ def _adopt(step: Step, catalog: Catalog) -> Outcome:
             when = now()
             ref_id = (step.store_ref.id if step.store_ref else
                       catalog.insert_store_ref(step.template_id, step.store.id, install_path,
-                                               "", when))
+                                               url, when))
             catalog.mark_store_ref_ready(ref_id, install_path, copy.virtual_size,
                                          copy.physical_size, when)
     except SeedError as exc:
@@ -426,16 +418,3 @@ def _repoint_system_vms(catalog: Catalog, work_run: _WorkRun) -> list[Outcome]:
     step = Step(CONFIGURE, None, None, spec.hypervisor.key, spec.arch, work_run.template_id,
                 reason)
     return [Outcome(step, READY, work_run.template_id)]
-
-
-def _store_error(exc: OSError, step: Step) -> str:
-    where = f"store {step.store.id} ({step.store.url})"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return f"{where} is full: {exc.strerror}. Free space on it and rerun."
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return (f"{where} refused the write: {exc.strerror}. Export it with no_root_squash "
-                "to this management server.")
-    if exc.errno == errno.EROFS:
-        return f"{where} is read-only: {exc.strerror}."
-    return f"{where}: {exc.strerror or exc}" + (
-        f" ({os.path.basename(exc.filename)})" if exc.filename else "")

@@ -176,18 +176,29 @@ class Catalog:
         names = sorted(set(names))
         if not names:
             return []
+        return self._system_templates(f"name IN ({_marks(names)})", names)
+
+    def system_templates_of(self, hypervisor: str, arch: str) -> list[Template]:
+        """Non-removed SYSTEM templates of a hypervisor (and arch, where recorded)."""
+        arch_column = "arch" if self.has("vm_template", "arch") else "'x86_64'"
+        return self._system_templates(f"hypervisor_type = %s AND {arch_column} = %s",
+                                      [hypervisor, arch])
+
+    def _system_templates(self, condition: str, args: list) -> list[Template]:
         arch = "arch" if self.has("vm_template", "arch") else "NULL"
         state = "state" if self.has("vm_template", "state") else "NULL"
         size = "size" if self.has("vm_template", "size") else "NULL"
-        marks = ", ".join(["%s"] * len(names))
         rows = self._all(
             f"SELECT id, name, hypervisor_type, {arch} AS arch, {state} AS state, "
             f"{size} AS size, uuid FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL "
-            f"AND name IN ({marks}) ORDER BY id DESC",
-            names,
-        )
+            f"AND {condition} ORDER BY id DESC", args)
         return [Template(r["id"], r["name"], r["hypervisor_type"] or "", r["arch"] or "x86_64",
                          r["state"], r["size"], r["uuid"]) for r in rows]
+
+    def templates_named(self, name: str) -> list[dict]:
+        """Non-removed templates of any type with this name (registration matches names)."""
+        return self._all("SELECT id, type, hypervisor_type FROM vm_template "
+                         "WHERE name = %s AND removed IS NULL ORDER BY id", (name,))
 
     def store_refs(self, template_ids: Iterable[int]) -> list[StoreRef]:
         ids = sorted(set(template_ids))
@@ -404,6 +415,159 @@ class Catalog:
         return self._execute(
             f"UPDATE vm_instance SET vm_template_id = %s WHERE id IN ({_marks(ids)})",
             [template_id, *ids])
+
+    # --- doctor and repair ---------------------------------------------------------------
+
+    # Tables repair may change, each with its key, and the columns a backup is scoped by.
+    BACKUP_KEYS = {
+        "vm_template": "id", "template_zone_ref": "id", "template_store_ref": "id",
+        "configuration": "name", "data_center_details": "id", "vm_instance": "id",
+    }
+    _BACKUP_SCOPES = frozenset({
+        ("vm_template", "id"), ("template_zone_ref", "template_id"),
+        ("template_store_ref", "template_id"), ("configuration", "name"),
+        ("data_center_details", "name"), ("vm_instance", "id"),
+    })
+    _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
+    _TEMPLATE_REPAIRS = frozenset({"state", "cross_zones", "removed", "size"})
+    _REF_REPAIRS = frozenset({"install_path", "size", "physical_size", "state",
+                              "download_state", "download_pct", "error_str", "last_updated",
+                              "destroyed"})
+
+    def database_name(self) -> str:
+        (name,) = self._one("SELECT DATABASE() AS db")
+        return name or ""
+
+    def doctor_templates(self) -> list[dict]:
+        """Every non-removed SYSTEM template, whatever its name, with what doctor checks."""
+        optional = {"arch": "'x86_64'", "state": "NULL", "size": "NULL"}
+        extra = ", ".join(f"{c if self.has('vm_template', c) else default} AS {c}"
+                          for c, default in optional.items())
+        return self._all(
+            "SELECT id, uuid, name, hypervisor_type, format, url, cross_zones, "
+            f"{extra} FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL ORDER BY id")
+
+    def doctor_store_refs(self, template_ids: Iterable[int]) -> list[dict]:
+        """Non-destroyed Image-store refs of these templates, whatever their state."""
+        ids = sorted(set(template_ids))
+        if not ids:
+            return []
+        return self._all(
+            "SELECT id, template_id, store_id, state, download_state, download_pct, "
+            "install_path, size, physical_size, error_str, last_updated FROM template_store_ref "
+            f"WHERE template_id IN ({_marks(ids)}) AND store_role = 'Image' AND destroyed = 0 "
+            "ORDER BY id", ids)
+
+    def doctor_zone_refs(self, template_ids: Iterable[int]) -> list[dict]:
+        ids = sorted(set(template_ids))
+        if not ids:
+            return []
+        return self._all(
+            "SELECT id, template_id, zone_id FROM template_zone_ref "
+            f"WHERE template_id IN ({_marks(ids)}) AND removed IS NULL ORDER BY id", ids)
+
+    def doctor_store_holdings(self, store_ids: Iterable[int]) -> frozenset[tuple[int, int]]:
+        """(store id, template id) of every non-destroyed ref on these stores, any template."""
+        ids = sorted(set(store_ids))
+        if not ids:
+            return frozenset()
+        rows = self._all(
+            "SELECT DISTINCT store_id, template_id FROM template_store_ref "
+            f"WHERE store_id IN ({_marks(ids)}) AND destroyed = 0", ids)
+        return frozenset((r["store_id"], r["template_id"]) for r in rows)
+
+    def doctor_settings(self, names: Iterable[str]) -> dict[str, Optional[str]]:
+        """Global values of these settings; a name without a row is left out."""
+        names = sorted(set(names))
+        if not names:
+            return {}
+        rows = self._all(
+            f"SELECT name, value FROM configuration WHERE name IN ({_marks(names)})", names)
+        return {r["name"]: r["value"] for r in rows}
+
+    def doctor_zone_overrides(self, names: Iterable[str]) -> list[dict]:
+        names = sorted(set(names))
+        if not names or "data_center_details" not in self.columns:
+            return []
+        return self._all(
+            "SELECT id, dc_id, name, value FROM data_center_details "
+            f"WHERE name IN ({_marks(names)}) ORDER BY id", names)
+
+    def doctor_system_vms(self) -> list[dict]:
+        """Non-removed system VMs (every type but User), with the arch of their host."""
+        arch_join, arch = "", "'x86_64'"
+        if self.has("host", "arch"):
+            host = ("COALESCE(vm.host_id, vm.last_host_id)"
+                    if self.has("vm_instance", "last_host_id") else "vm.host_id")
+            arch_join, arch = f"LEFT JOIN host h ON h.id = {host} ", "COALESCE(h.arch, 'x86_64')"
+        return self._all(
+            "SELECT vm.id, vm.instance_name, vm.type, vm.data_center_id, vm.hypervisor_type, "
+            f"vm.vm_template_id, {arch} AS arch FROM vm_instance vm {arch_join}"
+            "WHERE vm.removed IS NULL AND vm.type <> 'User' ORDER BY vm.id")
+
+    def repair_template(self, template_id: int, changes: dict) -> None:
+        assert set(changes) <= self._TEMPLATE_REPAIRS, changes
+        self._update("vm_template", changes, template_id)
+
+    def repair_store_ref(self, ref_id: int, changes: dict) -> None:
+        assert set(changes) <= self._REF_REPAIRS, changes
+        self._update("template_store_ref", changes, ref_id)
+
+    def repair_delete_zone_overrides(self, override_ids: Iterable[int]) -> int:
+        ids = sorted(set(override_ids))
+        if not ids:
+            return 0
+        return self._execute(f"DELETE FROM data_center_details WHERE id IN ({_marks(ids)})", ids)
+
+    def repair_point_vms(self, vm_ids: Iterable[int], template_id: int) -> int:
+        """Point these system VMs at a template; the removed and the already pointed stay."""
+        ids = sorted(set(vm_ids))
+        if not ids:
+            return 0
+        return self._execute(
+            "UPDATE vm_instance SET vm_template_id = %s WHERE removed IS NULL "
+            "AND (vm_template_id IS NULL OR vm_template_id <> %s) "
+            f"AND id IN ({_marks(ids)})", [template_id, template_id, *ids])
+
+    def backup_rows(self, table: str, column: str, values: Iterable) -> list[dict]:
+        """Whole rows of a table repair may change, by one of the scopes it backs up."""
+        assert (table, column) in self._BACKUP_SCOPES, (table, column)
+        values = sorted(set(values))
+        if not values or table not in self.columns:
+            return []
+        key = self.BACKUP_KEYS[table]
+        return self._all(
+            f"SELECT * FROM {table} WHERE {column} IN ({_marks(values)}) ORDER BY {key}", values)
+
+    def restore_row(self, table: str, row: dict, columns: Iterable[str]) -> int:
+        """Put these columns of a backed-up row back; returns the rows matched (0: gone)."""
+        key = self.BACKUP_KEYS[table]
+        names = [c for c in columns if c != key and self.has(table, c)]
+        for name in names:
+            assert self._COLUMN.match(name), name
+        if not names:
+            return 0
+        assignments = ", ".join(f"{name} = %s" for name in names)
+        return self._execute(f"UPDATE {table} SET {assignments} WHERE {key} = %s",
+                             [*(row[n] for n in names), row[key]])
+
+    def reinsert_row(self, table: str, row: dict) -> None:
+        """Insert a backed-up row again, with its key, as it was."""
+        assert table in self.BACKUP_KEYS, table
+        names = [c for c in row if self.has(table, c)]
+        for name in names:
+            assert self._COLUMN.match(name), name
+        self._execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({_marks(names)})",
+                      [row[n] for n in names])
+
+    def delete_backup_rows(self, table: str, keys: Iterable) -> int:
+        """Delete rows (by key) that repair added within a backed-up scope."""
+        assert table in self.BACKUP_KEYS, table
+        keys = sorted(set(keys))
+        if not keys:
+            return 0
+        return self._execute(
+            f"DELETE FROM {table} WHERE {self.BACKUP_KEYS[table]} IN ({_marks(keys)})", keys)
 
     # --- plumbing ------------------------------------------------------------------------
 

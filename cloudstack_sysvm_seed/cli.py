@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -10,7 +11,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
-from . import __version__, apply, dbprops, errors, report, session, settings, sources
+from . import __version__, apply, check, dbprops, errors, report, session, settings, sources
+from . import repair as repair_command
 
 LOG = logging.getLogger(__name__)
 PROG = "cloudstack-sysvm-seed"
@@ -99,6 +101,11 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse images that expand beyond this (default 64)")
     parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
                         help="wait this long for the registration lock (default 1200)")
+    parser.add_argument("--mount-timeout", type=float, metavar="SECONDS",
+                        help="give up mounting a store after this long (default 60)")
+    parser.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                        help="fail a store whose writes make no progress for this long "
+                             "(default 120)")
 
 
 def _run_seed(args: argparse.Namespace, config: settings.Settings) -> int:
@@ -116,12 +123,108 @@ SEED = Command(
     "image store of each zone. The default command.",
     _seed_arguments, _run_seed)
 
-COMMANDS: dict[str, Command] = {command.name: command for command in (SEED,)}
+def _store_added_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store-id", type=int, required=True, metavar="N",
+                        help="the image store just added (image_store.id)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit non-zero when seeding fails (default: report and exit 0)")
+    _source_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_store_added(args: argparse.Namespace, config: settings.Settings) -> int:
+    code = _run_seed(args, config)
+    if code and not args.strict:
+        # Like upstream, adding a store never fails because of templates; say what to do.
+        LOG.warning("Seeding store %d did not finish; the store is added all the same. "
+                    "Rerun: %s on-store-added --store-id %d", args.store_id, PROG,
+                    args.store_id)
+        return errors.EXIT_OK
+    return code
+
+
+ON_STORE_ADDED = Command(
+    "on-store-added",
+    "Seed one newly added image store with the system template of every hypervisor of its "
+    "zone. Exits 0 even when seeding fails (the report says why), unless --strict.",
+    _store_added_arguments, _run_store_added)
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zone", action="append", metavar="Z",
+                        help="only this zone (id, uuid or name); repeatable")
+    parser.add_argument("--hypervisor", action="append", metavar="HV",
+                        help="only this hypervisor; repeatable")
+    _source_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the problems as JSON")
+
+
+def _run_check(args: argparse.Namespace, config: settings.Settings) -> int:
+    problems = check.run(config)
+    if config.json:
+        print(json.dumps([{"where": p.where, "problem": p.what} for p in problems], indent=2))
+    elif problems:
+        print(f"{len(problems)} problem(s):")
+        print("\n".join(f"- {p}" for p in problems))
+    else:
+        print("ready")
+    return errors.EXIT_FAILED if problems else errors.EXIT_OK
+
+
+CHECK = Command(
+    "check",
+    "Check, without changing anything, that seeding would succeed now: a valid bundled or "
+    "downloadable image for every hypervisor in use, names that line up, every store "
+    "mountable and writable with room, and the lock free. Prints the problems, or 'ready'.",
+    _check_arguments, _run_check)
+
+def _install_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--mountpoint", required=True, help="the mounted store")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--file", help="the template image (compressed or not)")
+    source.add_argument("-u", "--url", help="download the image from this URL")
+    # -h is the hypervisor, as in cloud-install-sys-tmplt; help stays on --help.
+    parser.add_argument("-h", "--hypervisor", required=True, help="kvm, vmware, xenserver, ...")
+    parser.add_argument("--arch", default="x86_64", help="x86_64 (default) or aarch64")
+    parser.add_argument("-t", "--template-id", type=int,
+                        help="the SYSTEM template to install (default: the newest one)")
+    parser.add_argument("-s", "--store-id", type=int,
+                        help="image_store.id of the mounted store (default: found from the mount)")
+    parser.add_argument("-c", "--checksum", help="{ALG}hex of the file (default: metadata.ini)")
+    parser.add_argument("-F", "--force", action="store_true",
+                        help="replace an existing copy (it is set aside, not deleted)")
+    _source_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_install(args: argparse.Namespace, config: settings.Settings) -> int:
+    outcomes = session.install(config, session.InstallRequest(
+        args.mountpoint, args.hypervisor, args.file, args.url, args.checksum,
+        args.template_id, args.store_id, args.arch, args.force))
+    print(report.to_json(outcomes) if config.json else report.to_table(outcomes))
+    return errors.EXIT_FAILED if any(o.status == apply.FAILED for o in outcomes) else 0
+
+
+INSTALL = Command(
+    "install",
+    "Install one template image onto one store you mounted, safely: the successor of "
+    "cloud-install-sys-tmplt. Refuses a mountpoint that is not mounted, verifies the "
+    "checksum, writes template.properties with true sizes, and records the copy in "
+    "template_store_ref.",
+    _install_arguments, _run_install)
+
+DOCTOR = Command("doctor", repair_command.DOCTOR_DESCRIPTION, repair_command.doctor_arguments,
+                 repair_command.run_doctor)
+REPAIR = Command("repair", repair_command.REPAIR_DESCRIPTION, repair_command.repair_arguments,
+                 repair_command.run_repair)
+
+COMMANDS: dict[str, Command] = {
+    command.name: command for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR)}
 
 
 def _command_parser(command: Command) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} {command.name}", allow_abbrev=False, epilog=EPILOG,
+        conflict_handler="resolve",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=command.description + f"\n\nCommands: {', '.join(COMMANDS)}.",
     )

@@ -72,6 +72,10 @@ class MountFailed(StoreError):
     pass
 
 
+class StoreFull(StoreError):
+    pass
+
+
 class SourceError(SeedError):
     """A template image is missing, corrupt or of the wrong kind."""
 

@@ -43,6 +43,9 @@ class Observation(contextlib.ExitStack):
         self.mount_settings = mount_settings
         self.roots: dict[int, str] = {}  # store id -> mountpoint
         self.sources: dict[str, sources.Source] = {}  # metadata section -> source
+        # Stores that stopped answering. Once one has, every store is detached without
+        # starting a process (see stores._detach).
+        self.stalled: set[int] = set()
 
     def probe(self, metadata: Metadata, targets: list[plan.Target], templates_dir: str,
               downloads: sources.DownloadSettings) -> None:
@@ -72,8 +75,8 @@ class Observation(contextlib.ExitStack):
     def _mount(self, store: Store) -> Optional[str]:
         label = f"store {store.id}"
         try:
-            self.roots[store.id] = self.enter_context(
-                stores.mounted(store.url, self.mount_settings, label))
+            self.roots[store.id] = self.enter_context(stores.mounted(
+                store.url, self.mount_settings, label, lazy=lambda: bool(self.stalled)))
         except StoreError as exc:
             LOG.error("%s (%s): %s", label, store.url, exc)
             return str(exc)

@@ -47,6 +47,7 @@ class Snapshot:
 class Scope:
     zones: tuple[str, ...] = ()  # ids, uuids or names; empty = all
     hypervisors: tuple[str, ...] = ()  # keys or database names; empty = all
+    stores: tuple[int, ...] = ()  # image store ids; empty = all
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,14 @@ def resolve_scope(snapshot: Snapshot, scope: Scope) -> tuple[list[Zone], set[str
     if scope.zones:
         zones = [_find_zone(snapshot.zones, wanted) for wanted in scope.zones]
         zones = sorted(set(zones), key=lambda z: z.id)
+    if scope.stores:
+        known = {s.id: s for s in snapshot.stores}
+        for store_id in scope.stores:
+            if store_id not in known:
+                raise SettingsError(f"No image store {store_id} (role Image, not removed).",
+                                    "Check the id with listImageStores.")
+        store_zones = {known[s].zone_id for s in scope.stores}
+        zones = [z for z in zones if z.id in store_zones]
     keys = set()
     for name in scope.hypervisors:
         hypervisor = hypervisors.lookup(name)
@@ -129,7 +138,7 @@ def select(snapshot: Snapshot, metadata: Metadata, scope: Scope) -> tuple[list[T
     targets: list[Target] = []
     skipped: list[Step] = []
     for zone in zones:
-        writable = _zone_stores(snapshot, zone, skipped)
+        writable = _zone_stores(snapshot, zone, scope.stores, skipped)
         for hv_name, arch in sorted(snapshot.zone_hypervisors.get(zone.id, ())):
             hypervisor = hypervisors.by_db_name(hv_name)
             if keys and (hypervisor is None or hypervisor.key not in keys):
@@ -147,14 +156,19 @@ def select(snapshot: Snapshot, metadata: Metadata, scope: Scope) -> tuple[list[T
             targets.extend(Target(zone, store, spec) for store in writable)
     if not scope.zones:
         skipped.extend(Step(SKIP, None, store, "", "", reason="region-wide store; not seeded")
-                       for store in snapshot.stores if store.zone_id is None)
+                       for store in snapshot.stores if store.zone_id is None
+                       and (not scope.stores or store.id in scope.stores))
     return targets, skipped
 
 
-def _zone_stores(snapshot: Snapshot, zone: Zone, skipped: list[Step]) -> list[Store]:
-    """The zone's writable NFS stores; every other store is recorded as skipped, with why."""
+def _zone_stores(snapshot: Snapshot, zone: Zone, store_ids: tuple[int, ...],
+                 skipped: list[Step]) -> list[Store]:
+    """The zone's writable NFS stores in scope; every other one is recorded as skipped, with
+    why."""
     writable = []
-    for store in (s for s in snapshot.stores if s.zone_id == zone.id):
+    for store in snapshot.stores:
+        if store.zone_id != zone.id or (store_ids and store.id not in store_ids):
+            continue
         if store.protocol != "nfs":
             reason = (f"{store.provider or store.protocol} store: not seeded "
                       "(system VMs need an NFS store)")

@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from . import dbprops, images, sources
+from . import copies, dbprops, images, sources
 from .plan import Scope
 from .stores import MountSettings
 
@@ -28,6 +28,7 @@ class Settings:
     allow_unverified: bool = False
     max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
     lock_timeout: float = 1200.0  # upstream's registration waits 20 minutes
+    stall_timeout: float = copies.DEFAULT_STALL_TIMEOUT
     dry_run: bool = False
     json: bool = False
     log_file: Optional[str] = None
@@ -41,6 +42,7 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
         umount_command=args.umount_command or environ.get(ENV_UMOUNT_COMMAND)
         or DEFAULT_UMOUNT_COMMAND,
         runtime_dir=tempfile.gettempdir(),
+        mount_timeout=float(getattr(args, "mount_timeout", None) or 60.0),
     )
     return Settings(
         db_properties=args.db_properties or DEFAULT_DB_PROPERTIES,
@@ -48,7 +50,8 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
         templates_dir=args.templates_dir or sources.DEFAULT_TEMPLATES_DIR,
         mounts=mounts,
         scope=Scope(tuple(getattr(args, "zone", None) or ()),
-                    tuple(getattr(args, "hypervisor", None) or ())),
+                    tuple(getattr(args, "hypervisor", None) or ()),
+                    tuple(s for s in [getattr(args, "store_id", None)] if s is not None)),
         downloads=sources.DownloadSettings(
             cache_dir=getattr(args, "cache_dir", None) or sources.DEFAULT_CACHE_DIR,
             repository=getattr(args, "download_repository", None),
@@ -57,6 +60,8 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
         allow_unverified=bool(getattr(args, "allow_unverified", False)),
         max_image_size=_gib(getattr(args, "max_image_size", None)),
         lock_timeout=float(getattr(args, "lock_timeout", None) or 1200.0),
+        stall_timeout=float(getattr(args, "stall_timeout", None)
+                            or copies.DEFAULT_STALL_TIMEOUT),
         dry_run=bool(getattr(args, "dry_run", False)),
         json=bool(getattr(args, "json", False)),
         log_file=args.log_file,

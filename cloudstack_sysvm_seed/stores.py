@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 import re
@@ -12,7 +14,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
 from . import properties, runner
@@ -25,6 +27,7 @@ SYSTEM_ACCOUNT = 1
 # SSVM's template scan never sees a half-written copy.
 WORK_DIR = ".cloudstack-sysvm-seed"
 UMOUNT_ATTEMPTS = 3
+_MNT_DETACH = 2  # <sys/mount.h>
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -70,19 +73,26 @@ class MountSettings:
 
 
 @contextlib.contextmanager
-def mounted(url: str, settings: MountSettings, label: str) -> Iterator[str]:
+def mounted(url: str, settings: MountSettings, label: str,
+            lazy: Callable[[], bool] = lambda: False) -> Iterator[str]:
     """Mount a store at a private temporary mountpoint; always unmount and remove it.
+
+    lazy(): asked at the end; True once a store stopped answering, so that the mount is
+    detached at once (see _detach) instead of waiting on a server that is gone.
 
     :raises MountFailed: when the mount command fails or leaves nothing mounted.
     """
-    nfs = parse_url(url)
+    try:
+        nfs = parse_url(url)
+    except ValueError as exc:
+        raise MountFailed(f"Cannot mount {label}: {exc}.") from None
     prefix = "sysvm-seed-" + re.sub(r"[^A-Za-z0-9_.-]", "", label) + "-"
     mountpoint = tempfile.mkdtemp(prefix=prefix, dir=settings.runtime_dir)
     try:
         _mount(nfs, mountpoint, settings, label)
         yield mountpoint
     finally:
-        _unmount_and_remove(mountpoint, settings)
+        _unmount_and_remove(mountpoint, settings, lazy())
 
 
 def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str) -> None:
@@ -108,17 +118,20 @@ def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str) ->
         )
 
 
-def _unmount_and_remove(mountpoint: str, settings: MountSettings) -> None:
-    for attempt in range(1, UMOUNT_ATTEMPTS + 1):
+def _unmount_and_remove(mountpoint: str, settings: MountSettings, lazy: bool) -> None:
+    if lazy:
+        _detach(mountpoint)
+    umount = shlex.split(settings.umount_command)
+    attempts = [umount] * UMOUNT_ATTEMPTS + [umount + ["-l"]]
+    for attempt, argv in enumerate(attempts, 1):
         if not is_mounted(mountpoint):
             break
         try:
-            runner.run(shlex.split(settings.umount_command) + [mountpoint],
-                       timeout=settings.umount_timeout)
+            runner.run(argv + [mountpoint], timeout=settings.umount_timeout)
         except CommandFailed as exc:
             LOG.warning("Unmounting %s failed (attempt %d/%d): %s",
-                        mountpoint, attempt, UMOUNT_ATTEMPTS, exc.detail)
-            time.sleep(attempt)
+                        mountpoint, attempt, len(attempts), exc.detail)
+            time.sleep(min(attempt, 3))
     if is_mounted(mountpoint):
         LOG.error("%s is still mounted; unmount it by hand (umount %s)", mountpoint, mountpoint)
         return
@@ -129,17 +142,52 @@ def _unmount_and_remove(mountpoint: str, settings: MountSettings) -> None:
         LOG.warning("Cannot remove mountpoint %s: %s", mountpoint, exc)
 
 
+def _detach(mountpoint: str) -> None:
+    """Lazily detach a mount with the umount2 system call, starting no process.
+
+    After a store stalls, a thread of ours is stuck in write(2) with a file open on it. A
+    forked child inherits that descriptor, and closing it (even close-on-exec) flushes to
+    the dead server, so the child would hang before it ever ran umount.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        LOG.error("Cannot detach %s: %s", mountpoint, os.strerror(error))
+    else:
+        LOG.warning("Detached %s lazily (a store stopped answering)", mountpoint)
+
+
 def is_mounted(path: str) -> bool:
     """True when `path` is a mount point in this process's mount table.
 
-    os.path.ismount misses bind mounts within one filesystem, so read mountinfo.
+    os.path.ismount misses bind mounts within one filesystem, so read mountinfo; and never
+    stat the path itself, which blocks for as long as a dead NFS server does.
     """
-    target = os.path.realpath(path)
+    target = _resolved(path)
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as stream:
             return any(_mountinfo_target(line) == target for line in stream)
     except OSError:
         return os.path.ismount(path)
+
+
+def mount_source(path: str) -> Optional[str]:
+    """What is mounted at `path` (`host:/export` for NFS), from mountinfo; None if nothing.
+    With stacked mounts the last line, the one on top, wins."""
+    target = _resolved(path)
+    source = None
+    with open("/proc/self/mountinfo", encoding="utf-8") as stream:
+        for line in stream:
+            if _mountinfo_target(line) == target:
+                after = line.rstrip("\n").split(" - ", 1)[1].split(" ")
+                source = _unescape(after[1]) if len(after) > 1 else ""
+    return source
+
+
+def _resolved(path: str) -> str:
+    """The path with its parent resolved (symlinks, ..), without touching the last part."""
+    absolute = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
 
 
 def _mountinfo_target(line: str) -> str:
@@ -262,6 +310,23 @@ class Stage:
                 return
 
 
+def sweep_stages(root: str) -> int:
+    """Remove every stage on a store; only call this while holding the registration lock."""
+    parent = os.path.join(root, WORK_DIR, "stage")
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    for directory in (parent, os.path.join(root, WORK_DIR)):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            break
+    return len(names)
+
+
 def set_aside(root: str, directory: str) -> str:
     """Move an incomplete copy out of the template tree instead of deleting someone's data."""
     aside = os.path.join(root, WORK_DIR, "aside")
@@ -272,6 +337,47 @@ def set_aside(root: str, directory: str) -> str:
     os.rename(directory, destination)
     LOG.warning("Moved incomplete copy %s aside to %s", directory, destination)
     return destination
+
+
+PROBE_PREFIX = ".cloudstack-sysvm-seed-probe-"
+
+
+def check_writable(root: str, label: str) -> None:
+    """Create, sync and remove a small file, so a store that refuses writes is named before
+    gigabytes are copied (root squash, read-only export, id mapping).
+
+    :raises StoreError: with the cause and the likely fix.
+    """
+    path = os.path.join(root, PROBE_PREFIX + uuid.uuid4().hex)
+    try:
+        with open(path, "xb") as stream:
+            stream.write(b"probe")
+            fsync_file(stream)
+        owner = os.stat(path).st_uid
+        os.remove(path)
+    except OSError as exc:
+        raise StoreError(f"{label} cannot be written: {exc.strerror}.", _write_hint(exc)) from exc
+    if os.geteuid() == 0 and owner != 0:
+        raise StoreError(
+            f"{label} stores files written by root as uid {owner}.",
+            "The export squashes root (root_squash) or NFSv4 id mapping maps root to nobody: "
+            "export it with no_root_squash to this host, or fix the idmapd Domain.")
+
+
+def _write_hint(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ("Export it read-write with no_root_squash to this management server; check "
+                "SELinux/AppArmor denials too.")
+    if exc.errno == errno.EROFS:
+        return "The export or the mount is read-only: export it rw, or mark the store read-only."
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "The store is full: free space on it."
+    return "Check the NFS server and the export."
+
+
+def free_bytes(root: str) -> int:
+    info = os.statvfs(root)
+    return info.f_bavail * info.f_frsize
 
 
 def fsync_file(stream) -> None:
@@ -285,3 +391,53 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- what doctor looks at on a store -------------------------------------------------------
+
+
+def template_ids_on(root: str) -> list[int]:
+    """The numeric directories under template/tmpl/1/: the template ids the store holds."""
+    base = os.path.dirname(template_dir(root, 0))
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return []
+    return sorted(int(name) for name in names
+                  if name.isdigit() and os.path.isdir(os.path.join(base, name)))
+
+
+def stages_on(root: str) -> list[tuple[str, float]]:
+    """Our stage directories on a store, each with the newest mtime in it (a copy being
+    written keeps it fresh)."""
+    base = os.path.join(root, WORK_DIR, "stage")
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(base, name)
+        newest = os.lstat(path).st_mtime
+        for directory, _, files in os.walk(path):
+            for entry in files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(directory, entry)).st_mtime)
+                except FileNotFoundError:
+                    continue
+        found.append((name, newest))
+    return found
+
+
+def remove_stage(root: str, name: str) -> None:
+    """Delete one leftover stage (our own partial copy) and our work dirs once empty."""
+    base = os.path.join(root, WORK_DIR, "stage")
+    path = os.path.join(base, name)
+    if os.path.dirname(os.path.normpath(path)) != base or name in ("", ".", ".."):
+        raise ValueError(f"{name!r} is not a stage directory")
+    shutil.rmtree(path)
+    for directory in (base, os.path.join(root, WORK_DIR)):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return

@@ -75,8 +75,8 @@ class World:
             "--db-properties", str(self.cloud.db_properties),
             "--templates-dir", str(self.templates),
             "--mount-command", mount_command or self.mount_command,
-            "--cache-dir", str(self.runtime.parent / "cache"),
             *args,
+            "--cache-dir", str(self.runtime.parent / "cache"),
         ])
         captured = self.capsys.readouterr()
         return Run(code, captured.out, captured.err)

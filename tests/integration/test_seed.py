@@ -3,9 +3,11 @@ checked exactly."""
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import json
 import os
+import subprocess
 
 import pytest
 from conftest import VIRTUAL_SIZE
@@ -334,3 +336,65 @@ def test_mount_command_from_the_environment(world, stores_root, monkeypatch):
                      "--templates-dir", str(world.templates)])
     assert code == 0
     assert len(world.rows("template_store_ref")) == 1
+
+
+def test_a_read_only_store_is_named_before_any_copy(world, stores_root):
+    store, export = zone_with_one_store(world)
+    run = world.run("--json", mount_command=world.mount_command + " --read-only")
+    assert run.code == errors.EXIT_FAILED
+    (record,) = json.loads(run.out)
+    assert record["error"].startswith(f"store {store} (nfs://10.1.0.1/export/a1) cannot be "
+                                      "written: Read-only file system.")
+    assert "export it rw" in record["error"]
+    assert world.rows("template_store_ref") == [] and world.rows(
+        "vm_template", "name = %s", (world.kvm.templatename,)) == []
+    assert os.listdir(export) == []
+
+
+def small_store(world, size):
+    """A store on a tmpfs of `size` bytes, mounted over its export directory."""
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    store, export = world.nfs_store(zone, "10.1.0.1", "/export/small")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(export)],
+                   check=True)
+    return export
+
+
+def run_on_small_store(world, size):
+    export = small_store(world, size)
+    try:
+        run = world.run("--json")
+        left = [str(p.relative_to(export)) for p in export.rglob("*")]
+    finally:
+        subprocess.run(["umount", str(export)], check=True)
+    assert run.code == errors.EXIT_FAILED
+    assert world.rows("template_store_ref") == []
+    assert left == [], run.out  # no stage, no template directory
+    return json.loads(run.out)[0]["error"]
+
+
+def incompressible_bundle(world, tmp_path, size):
+    """Replace the KVM bundle with a qcow2 of random data (metadata.ini updated)."""
+    raw, qcow2 = tmp_path / "random.raw", tmp_path / "random.qcow2"
+    raw.write_bytes(os.urandom(size))
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
+                   check=True)
+    world.bundle.write_bytes(bz2.compress(qcow2.read_bytes()))
+    metadata = world.templates / "metadata.ini"
+    metadata.write_text(metadata.read_text().replace(world.kvm.checksum, md5(world.bundle)))
+
+
+def test_a_store_without_room_is_refused_before_copying(world, stores_root, tmp_path):
+    incompressible_bundle(world, tmp_path, 256 << 10)
+    # Our estimate for a bzip2 source is four times its size; give a quarter of that.
+    error = run_on_small_store(world, world.bundle.stat().st_size // 4096 * 4096)
+    assert "bytes free; the image needs about" in error
+
+
+def test_a_store_that_fills_up_mid_copy_is_named_and_cleaned(world, stores_root):
+    image_size = len(bz2.decompress(world.bundle.read_bytes()))
+    estimate = 4 * world.bundle.stat().st_size
+    assert estimate < image_size // 2  # the tiny test image compresses far better than 4:1
+    error = run_on_small_store(world, (estimate + image_size) // 2 // 4096 * 4096)
+    assert "is full: No space left on device" in error

@@ -142,3 +142,86 @@ def test_three_concurrent_runs_end_as_one(world, stores_root):
     for process in runs:
         process.stdout.close()
         process.stderr.close()
+
+
+def test_on_store_added_seeds_that_store_only_and_never_fails_the_addition(world, stores_root):
+    zone, first, _ = one_zone(world)
+    second, second_dir = world.nfs_store(zone, "10.1.0.2", "/export/s2")
+    run = world.run("on-store-added", "--store-id", str(second), "--json")
+    assert run.code == 0, run.err
+    assert [r["store_id"] for r in world.rows("template_store_ref")] == [second]
+    assert {r["store_id"] for r in json.loads(run.out) if r["store_id"]} == {second}
+
+    broken = world.builder.store(zone, "nfs://10.1.0.66/export/gone")
+    run = world.run("on-store-added", "--store-id", str(broken))
+    assert run.code == 0
+    assert f"on-store-added --store-id {broken}" in run.err
+    assert world.run("on-store-added", "--store-id", str(broken), "--strict").code == 1
+    assert world.run("on-store-added", "--store-id", "999").code == errors.EXIT_USAGE
+
+
+def test_check_says_ready_or_lists_every_problem(world, stores_root):
+    zone, store, export = one_zone(world)
+    ready = world.run("check")
+    assert (ready.code, ready.out.strip()) == (0, "ready")
+
+    world.builder.store(zone, "nfs://10.1.0.66/export/gone")
+    world.builder.template(world.kvm.templatename, "KVM", "QCOW2", type="USER", account_id=2)
+    world.builder.config("router.template.kvm", "no-such-template")
+    holder = hold_lock(world, "UpgradeDatabase-Lock")
+    try:
+        with open(world.bundle, "r+b") as f:
+            f.seek(100)
+            f.write(b"\0\0\0")
+        run = world.run("check", "--json")
+    finally:
+        holder.close()
+    assert run.code == 1
+    problems = {p["where"]: p["problem"] for p in json.loads(run.out)}
+    assert problems["lock 'UpgradeDatabase-Lock'"].startswith("held by connection")
+    assert "is of type USER" in next(v for k, v in problems.items() if k.startswith("template"))
+    assert problems["router.template.kvm"] == "names 'no-such-template', which no template has"
+    assert "does not match its checksum" in problems["[kvm-x86_64]"]
+    assert any("Cannot mount 10.1.0.66:/export/gone" in v for v in problems.values())
+    assert world.rows("template_store_ref") == []  # read-only
+    assert world.leftover_mountpoints() == []
+
+
+def test_install_writes_one_copy_safely_and_records_it(world, stores_root, tmp_path):
+    zone, first, _ = one_zone(world)
+    assert world.run().code == 0
+    (template,) = world.rows("vm_template", "name = %s", (world.kvm.templatename,))
+    second, export = world.nfs_store(zone, "10.1.0.2", "/export/s2")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+
+    not_mounted = world.run("install", "-m", str(mountpoint), "-f", str(world.bundle), "-h",
+                            "kvm", "--store-id", str(second))
+    assert not_mounted.code == errors.EXIT_STORE
+    assert "is not a mount point" in not_mounted.err and os.listdir(mountpoint) == []
+
+    argv = world.mount_command.split() + ["10.1.0.2:/export/s2", str(mountpoint)]
+    subprocess.run(argv, check=True)
+    try:
+        args = ["install", "-m", str(mountpoint), "-f", str(world.bundle), "-h", "kvm",
+                "--store-id", str(second)]
+        run = world.run(*args)
+        assert run.code == 0, run.err
+        (ref,) = world.rows("template_store_ref", "store_id = %s", (second,))
+        assert (ref["template_id"], ref["state"]) == (template["id"], "Ready")
+        assert (export / ref["install_path"].lstrip("/")).is_file()
+
+        again = world.run(*args)
+        assert again.code == errors.EXIT_STORE and "Pass -F to replace it" in again.err
+        forced = world.run(*args, "-F")
+        assert forced.code == 0, forced.err
+        assert len(os.listdir(export / ".cloudstack-sysvm-seed" / "aside")) == 1
+
+        other = tmp_path / "other.qcow2.bz2"
+        other.write_bytes(world.bundle.read_bytes())
+        unverified = world.run("install", "-m", str(mountpoint), "-f", str(other), "-h", "kvm",
+                               "--store-id", str(second), "-F")
+        assert unverified.code == errors.EXIT_USAGE and "No checksum for other" in unverified.err
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+    assert config(world, "router.template.kvm") == world.kvm.templatename  # untouched by install

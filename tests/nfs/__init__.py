@@ -1,0 +1,1 @@
+"""The real-NFS test tier: ganesha server, FUSE bridge, mount command."""
