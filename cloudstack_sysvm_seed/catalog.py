@@ -10,8 +10,9 @@ import contextlib
 import datetime
 import logging
 import re
+import ssl
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import pymysql
 from pymysql.constants import CLIENT
@@ -22,6 +23,8 @@ from .errors import CatalogError
 LOG = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
+NFS_VERSION_KEY = "secstorage.nfs.version"  # global setting, also a store detail in 4.22
+NFS_VERSION_DETAIL = "nfs.version"
 _REQUIRED_TABLES = (
     "data_center", "image_store", "cluster", "vm_template", "template_zone_ref",
     "template_store_ref",
@@ -46,6 +49,7 @@ class Store:
     protocol: str
     provider: str
     readonly: bool
+    nfs_version: Optional[str] = None  # image_store_details, else secstorage.nfs.version
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class Catalog:
     def __init__(self, connection):
         self.conn = connection
         self.config: Optional[DbConfig] = None  # set by connect(); needed for named_lock()
+        # Called before every write transaction; the run's lock sets it to check it still
+        # holds the registration lock.
+        self.guard: Callable[[], None] = lambda: None
         self.columns = self._learn_columns()
 
     @classmethod
@@ -150,12 +157,26 @@ class Catalog:
             f"{readonly} AS readonly FROM image_store "
             "WHERE removed IS NULL AND role = 'Image' ORDER BY id"
         )
+        versions = self._nfs_versions()
         return [
             Store(r["id"], r["uuid"] or "", r["name"], r["data_center_id"], r["url"] or "",
                   (r["protocol"] or "").lower(), r["image_provider_name"] or "",
-                  bool(r["readonly"]))
+                  bool(r["readonly"]), versions.get(r["id"], versions.get(None)))
             for r in rows
         ]
+
+    def _nfs_versions(self) -> dict[Optional[int], str]:
+        """NFS versions by store id (None: the global secstorage.nfs.version)."""
+        versions: dict[Optional[int], str] = {}
+        if "configuration" in self.columns:
+            versions[None] = self.config_value(NFS_VERSION_KEY) or None
+        if "image_store_details" in self.columns:
+            for row in self._all(
+                    "SELECT store_id, value FROM image_store_details WHERE name IN (%s, %s) "
+                    "ORDER BY name DESC", (NFS_VERSION_DETAIL, NFS_VERSION_KEY)):
+                if (row["value"] or "").strip():
+                    versions.setdefault(row["store_id"], row["value"].strip())
+        return {k: v for k, v in versions.items() if v}
 
     def zone_hypervisors(self) -> dict[int, frozenset[tuple[str, str]]]:
         """(hypervisor, arch) pairs of each zone's non-removed clusters, External excluded."""
@@ -250,6 +271,8 @@ class Catalog:
         The connection runs in autocommit mode, so reads outside this block always see fresh
         rows; BEGIN opens an explicit transaction all the same.
         """
+        self.guard()
+        self._reconnect_if_dropped()
         try:
             self.conn.begin()
             yield
@@ -264,6 +287,17 @@ class Catalog:
         except pymysql.MySQLError as exc:
             self._rollback_quietly()
             raise CatalogError(f"Commit failed: {_reason(exc)}.") from exc
+
+    def _reconnect_if_dropped(self) -> None:
+        """A connection dropped since the last write (server restart, idle timeout, KILL) is
+        opened again; nothing is lost, as no transaction was open on it."""
+        try:
+            self.conn.ping(False)
+        except pymysql.MySQLError as exc:
+            if self.config is None:
+                raise CatalogError(f"The database connection was lost: {_reason(exc)}.") from exc
+            LOG.warning("The database connection was lost (%s); connecting again", _reason(exc))
+            self.conn = _open(self.config)
 
     def allocate_template_id(self) -> int:
         """The next template id, kept in step with `sequence.vm_template_seq`.
@@ -632,6 +666,17 @@ class NamedLock:
     def release(self, name: str) -> None:
         self._row("SELECT RELEASE_LOCK(%s) AS released", (name,))
 
+    def verify(self, name: str) -> None:
+        """:raises CatalogError: unless this connection still holds the lock."""
+        try:
+            row = self._row("SELECT IS_USED_LOCK(%s) = CONNECTION_ID() AS mine", (name,))
+        except CatalogError:
+            row = None  # the connection is gone, and the lock went with it
+        if not row or not row["mine"]:
+            raise CatalogError(f"Lost the lock {name!r} (its database connection was closed); "
+                               "stopped before writing anything more.",
+                               "Rerun: it picks up where this run stopped.")
+
     def holder(self, name: str) -> Optional[str]:
         """Who holds a lock (connection, host), or None when it is free."""
         row = self._row("SELECT IS_USED_LOCK(%s) AS id", (name,))
@@ -646,7 +691,10 @@ class NamedLock:
                 f"{process['command']} for {process['time']}s)")
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        except pymysql.MySQLError:
+            pass  # already closed by the server
 
     def _row(self, sql: str, args) -> Optional[dict]:
         try:
@@ -665,13 +713,30 @@ def _open(config: DbConfig):
             charset="utf8mb4", cursorclass=pymysql.cursors.DictCursor,
             # Row counts then mean "rows matched", so an UPDATE that changes nothing is
             # still told apart from one that found no row.
-            client_flag=CLIENT.FOUND_ROWS,
+            client_flag=CLIENT.FOUND_ROWS, ssl=tls_options(config),
         )
     except pymysql.MySQLError as exc:
         raise CatalogError(
             f"Cannot connect to the cloud database {config.describe()}: {_reason(exc)}.",
             "Check db.properties (--db-properties) and that MySQL/MariaDB is running.",
         ) from None
+
+
+def tls_options(config: DbConfig) -> Optional[dict]:
+    """PyMySQL's ssl options for db.cloud.useSSL=true.
+
+    The management server names Java keystores (.jks/.p12), which Python cannot read: then
+    the link is encrypted without verifying the server, as Connector/J does by default. A
+    PEM trust store (.pem/.crt) is used to verify the server.
+    """
+    if not config.ssl:
+        return None
+    trust = config.ssl_trust_store or ""
+    if trust.endswith((".pem", ".crt")):
+        return {"ca": trust}
+    LOG.warning("db.cloud.useSSL: encrypting without verifying the server (trust store %s "
+                "is not PEM)", trust or "not set")
+    return {"verify_mode": ssl.CERT_NONE}
 
 
 def _marks(values) -> str:

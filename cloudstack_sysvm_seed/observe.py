@@ -76,7 +76,8 @@ class Observation(contextlib.ExitStack):
         label = f"store {store.id}"
         try:
             self.roots[store.id] = self.enter_context(stores.mounted(
-                store.url, self.mount_settings, label, lazy=lambda: bool(self.stalled)))
+                store.url, self.mount_settings, label, lazy=lambda: bool(self.stalled),
+                nfs_version=store.nfs_version))
         except StoreError as exc:
             LOG.error("%s (%s): %s", label, store.url, exc)
             return str(exc)

@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 from . import apply, checksum, dbprops, hypervisors, metadata, observe, plan, sources, stores
 from .catalog import Catalog
-from .errors import LockTimeout, SettingsError, StoreError
+from .errors import CatalogError, LockTimeout, SettingsError, StoreError
 from .metadata import TemplateSpec
 from .settings import Settings
 
@@ -61,10 +61,14 @@ def registration_lock(catalog: Catalog, timeout: float,
                 LOG.info("Waiting for lock %r, held by %s", *blocker)
                 told = blocker
             time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+        catalog.guard = lambda: lock.verify(REGISTRATION_LOCK)
         yield
     finally:
+        catalog.guard = lambda: None
         try:
             lock.release(REGISTRATION_LOCK)
+        except CatalogError:
+            pass  # the lock's connection is gone, and the server released the lock with it
         finally:
             lock.close()
 

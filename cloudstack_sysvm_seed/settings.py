@@ -43,6 +43,7 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
         or DEFAULT_UMOUNT_COMMAND,
         runtime_dir=tempfile.gettempdir(),
         mount_timeout=float(getattr(args, "mount_timeout", None) or 60.0),
+        nfs_version=getattr(args, "nfs_version", None),
     )
     return Settings(
         db_properties=args.db_properties or DEFAULT_DB_PROPERTIES,

@@ -70,11 +70,13 @@ class MountSettings:
     runtime_dir: str = tempfile.gettempdir()
     mount_timeout: float = 60.0
     umount_timeout: float = 30.0
+    nfs_version: Optional[str] = None  # --nfs-version: wins over the database's values
 
 
 @contextlib.contextmanager
 def mounted(url: str, settings: MountSettings, label: str,
-            lazy: Callable[[], bool] = lambda: False) -> Iterator[str]:
+            lazy: Callable[[], bool] = lambda: False,
+            nfs_version: Optional[str] = None) -> Iterator[str]:
     """Mount a store at a private temporary mountpoint; always unmount and remove it.
 
     lazy(): asked at the end; True once a store stopped answering, so that the mount is
@@ -89,15 +91,17 @@ def mounted(url: str, settings: MountSettings, label: str,
     prefix = "sysvm-seed-" + re.sub(r"[^A-Za-z0-9_.-]", "", label) + "-"
     mountpoint = tempfile.mkdtemp(prefix=prefix, dir=settings.runtime_dir)
     try:
-        _mount(nfs, mountpoint, settings, label)
+        _mount(nfs, mountpoint, settings, label, settings.nfs_version or nfs_version)
         yield mountpoint
     finally:
         _unmount_and_remove(mountpoint, settings, lazy())
 
 
-def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str) -> None:
+def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str,
+           version: Optional[str]) -> None:
     argv = shlex.split(settings.mount_command)
-    options = [f"port={nfs.port}"] if nfs.port else []
+    options = ([f"vers={version}"] if version else []) + (
+        [f"port={nfs.port}"] if nfs.port else [])
     if options:
         argv += ["-o", ",".join(options)]
     argv += [nfs.export, mountpoint]
@@ -105,10 +109,8 @@ def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str) ->
     try:
         runner.run(argv, timeout=settings.mount_timeout)
     except CommandFailed as exc:
-        raise MountFailed(
-            f"Cannot mount {nfs.export} for {label}: {exc.detail}.",
-            "Check that the NFS server is reachable and exports the path to this host.",
-        ) from exc
+        raise MountFailed(f"Cannot mount {nfs.export} for {label}: {exc.detail}.",
+                          _mount_hint(exc.detail, version)) from exc
     # Upstream ignored mount failures and wrote into the empty local directory instead.
     if not is_mounted(mountpoint):
         raise MountFailed(
@@ -116,6 +118,16 @@ def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str) ->
             f"at {mountpoint}.",
             "Check the mount command (--mount-command).",
         )
+
+
+def _mount_hint(detail: str, version: Optional[str]) -> str:
+    if "not supported" in detail.lower():  # "Protocol not supported", "...version ... not"
+        tried = f"NFS version {version} was tried" if version else "the default NFS version"
+        return (f"{tried} and the server refused it: set the store's nfs.version detail, "
+                "secstorage.nfs.version, or --nfs-version (3, 4, 4.1 or 4.2).")
+    if "timed out" in detail:
+        return "The NFS server did not answer in time: check it and the network path to it."
+    return "Check that the NFS server is reachable and exports the path to this host."
 
 
 def _unmount_and_remove(mountpoint: str, settings: MountSettings, lazy: bool) -> None:

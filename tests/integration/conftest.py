@@ -6,6 +6,7 @@ import bz2
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,22 @@ def bundles(tmp_path_factory):
         made[form] = (directory, images.build_kvm_bundle(directory, version, VIRTUAL_SIZE,
                                                          form=form))
     return made
+
+
+COPY_MIB = 24  # random data: about a second of decompression, long enough to interrupt
+
+
+@pytest.fixture(scope="session")
+def slow_bundle(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("slow")
+    raw = directory / "disk.raw"
+    raw.write_bytes(os.urandom(COPY_MIB << 20))
+    qcow2 = directory / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
+                   check=True)
+    bundle = directory / "disk.qcow2.bz2"
+    bundle.write_bytes(bz2.compress(qcow2.read_bytes(), 1))
+    return bundle
 
 
 class World:

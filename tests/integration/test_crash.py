@@ -13,7 +13,6 @@ import time
 
 import pytest
 from sandbox import mounts
-from test_interrupts import slow_bundle  # noqa: F401 - the shared 24 MiB fixture
 
 # Where to kill: ("start", s) s after launch; ("mounted", s) s after the first mount shows;
 # ("copying", s) s after the first stage file appears (the copy lasts about a second).
@@ -31,7 +30,7 @@ def wait_for(condition, limit=60.0):
 
 
 @pytest.mark.parametrize("phase, delay", KILL_POINTS, ids=[f"{p}+{d}" for p, d in KILL_POINTS])
-def test_a_killed_run_converges_on_rerun(world, stores_root, slow_bundle, phase, delay):  # noqa: F811
+def test_a_killed_run_converges_on_rerun(world, stores_root, slow_bundle, phase, delay):
     zone = world.builder.zone("east")
     world.builder.cluster(zone, "KVM")
     exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]

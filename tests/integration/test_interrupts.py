@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import os
 import signal
@@ -11,21 +10,6 @@ import sys
 import time
 
 import pytest
-
-COPY_MIB = 24  # random data: about a second of decompression, long enough to interrupt
-
-
-@pytest.fixture(scope="session")
-def slow_bundle(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("slow")
-    raw = directory / "disk.raw"
-    raw.write_bytes(os.urandom(COPY_MIB << 20))
-    qcow2 = directory / "disk.qcow2"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
-                   check=True)
-    bundle = directory / "disk.qcow2.bz2"
-    bundle.write_bytes(bz2.compress(qcow2.read_bytes(), 1))
-    return bundle
 
 
 def stage_files(exports):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import VIRTUAL_SIZE
@@ -398,3 +399,43 @@ def test_a_store_that_fills_up_mid_copy_is_named_and_cleaned(world, stores_root)
     assert estimate < image_size // 2  # the tiny test image compresses far better than 4:1
     error = run_on_small_store(world, (estimate + image_size) // 2 // 4096 * 4096)
     assert "is full: No space left on device" in error
+
+
+RECORDER = """import json, os, sys
+with open(sys.argv[1], "a") as log:
+    log.write(json.dumps(sys.argv[2:]) + "\\n")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_nfs_version_per_store_global_and_flag(world, stores_root, tmp_path):
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    first, _ = world.nfs_store(zone, "10.1.0.1", "/export/a1")
+    second, _ = world.nfs_store(zone, "10.1.0.2", "/export/a2")
+    world.builder.store_detail(first, "nfs.version", "4.1")
+    world.builder.config("secstorage.nfs.version", "3")
+    recorder, log = tmp_path / "recorder.py", tmp_path / "mounts.log"
+    recorder.write_text(RECORDER)
+    command = f"{sys.executable} {recorder} {log} {world.mount_command}"
+
+    def options():
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        log.unlink()
+        return {call[-2]: call[call.index("-o") + 1] for call in calls}
+
+    assert world.run("--dry-run", mount_command=command).code == 0
+    assert options() == {"10.1.0.1:/export/a1": "vers=4.1", "10.1.0.2:/export/a2": "vers=3"}
+    assert world.run("--dry-run", "--nfs-version", "4.2", mount_command=command).code == 0
+    assert set(options().values()) == {"vers=4.2"}
+
+
+def test_an_unsupported_nfs_version_is_named_with_a_hint(world, stores_root):
+    store, _ = zone_with_one_store(world)
+    world.builder.store_detail(store, "nfs.version", "4.1")
+    refusing = "sh -c 'echo mount.nfs: Protocol not supported >&2; exit 32' sh"
+    run = world.run("--json", mount_command=refusing)
+    assert run.code == errors.EXIT_FAILED
+    (record,) = json.loads(run.out)
+    assert "Protocol not supported" in record["error"]
+    assert "NFS version 4.1 was tried and the server refused it" in record["error"]

@@ -3,6 +3,7 @@ concurrent runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -225,3 +226,57 @@ def test_install_writes_one_copy_safely_and_records_it(world, stores_root, tmp_p
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
     assert config(world, "router.template.kvm") == world.kvm.templatename  # untouched by install
+
+
+def kill_connections_when_copying(world, exports, which):
+    """From another connection, KILL the run's main or lock connection once copying began."""
+    admin = world.cloud.server.connect()
+    (ours,) = world.cloud.query("SELECT CONNECTION_ID() AS id")  # the test's own: spared
+
+    def victims(cursor):
+        cursor.execute("SELECT IS_USED_LOCK('UpgradeDatabase-Lock')")
+        lock_id = cursor.fetchone()[0]
+        cursor.execute("SELECT id FROM information_schema.PROCESSLIST WHERE db = %s AND id <> "
+                       "CONNECTION_ID()", (world.cloud.name,))
+        ids = {row[0] for row in cursor.fetchall()} - {None, ours["id"]}
+        return {lock_id} if which == "lock" else ids - {lock_id}
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any((e / ".cloudstack-sysvm-seed" / "stage").is_dir() for e in exports):
+                with admin.cursor() as cursor:
+                    for victim in victims(cursor):
+                        cursor.execute(f"KILL {int(victim)}")
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread, admin
+
+
+@pytest.mark.parametrize("which", ["main", "lock"])
+def test_a_dropped_database_connection_mid_run(world, stores_root, slow_bundle, which):
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]
+    world.bundle.write_bytes(slow_bundle.read_bytes())
+    metadata = world.templates / "metadata.ini"
+    metadata.write_text(metadata.read_text().replace(
+        world.kvm.checksum, hashlib.md5(slow_bundle.read_bytes()).hexdigest()))
+    thread, admin = kill_connections_when_copying(world, exports, which)
+    run = world.run("--json")
+    thread.join()
+    admin.close()
+    if which == "main":
+        assert run.code == 0, run.err  # reconnected between transactions
+    else:
+        assert run.code == errors.EXIT_FAILED
+        assert "Lost the lock 'UpgradeDatabase-Lock'" in run.out
+        assert world.rows("template_store_ref") == []
+        assert all(not (e / ".cloudstack-sysvm-seed").exists() for e in exports)
+        assert world.run().code == 0  # the rerun converges
+    refs = world.rows("template_store_ref")
+    assert len(refs) == 2 and {r["state"] for r in refs} == {"Ready"}
+    assert len(world.rows("vm_template", "name = %s", (world.kvm.templatename,))) == 1

@@ -459,3 +459,18 @@ def test_import_raises_no_deprecation_warning():
     # TripleDES moved in cryptography 43; importing the old name warns (and will fail).
     subprocess.run([sys.executable, "-W", "error", "-c", "import cloudstack_sysvm_seed.dbprops"],
                    check=True)
+
+
+def test_tls_options_follow_use_ssl_and_the_trust_store():
+    import ssl
+
+    from cloudstack_sysvm_seed.catalog import tls_options
+    base = {"db.cloud.username": "u"}
+    plain = dbprops.database_config(base, "p")
+    assert tls_options(plain) is None
+    jks = dbprops.database_config({**base, "db.cloud.useSSL": "true",
+                                   "db.cloud.trustStore": "/etc/cloudstack/trust.jks"}, "p")
+    assert tls_options(jks) == {"verify_mode": ssl.CERT_NONE}
+    pem = dbprops.database_config({**base, "db.cloud.useSSL": "true",
+                                   "db.cloud.trustStore": "/etc/ssl/ca.pem"}, "p")
+    assert tls_options(pem) == {"ca": "/etc/ssl/ca.pem"}
