@@ -43,8 +43,7 @@ class Context:
     catalog: Catalog
     roots: dict  # store id -> mountpoint
     sources: dict  # metadata section -> sources.Source
-    all_zone_ids: tuple
-    release: str  # metadata.ini's X.Y.Z: minreq.sysvmtemplate.version
+    release: str = ""  # metadata.ini's X.Y.Z: minreq.sysvmtemplate.version
     downloads: sources.DownloadSettings = field(default_factory=sources.DownloadSettings)
     max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
     update_pointers: bool = True  # router.template.<hv>, minreq, system VMs (not for install)

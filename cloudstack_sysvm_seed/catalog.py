@@ -23,6 +23,7 @@ from .errors import CatalogError
 LOG = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
+READY_DOWNLOAD_STATES = ("DOWNLOADED", "BYPASSED")
 NFS_VERSION_KEY = "secstorage.nfs.version"  # global setting, also a store detail in 4.22
 NFS_VERSION_DETAIL = "nfs.version"
 _REQUIRED_TABLES = (
@@ -74,6 +75,13 @@ class StoreRef:
     install_path: Optional[str]
     size: Optional[int]
     physical_size: Optional[int]
+    error_str: Optional[str] = None
+    last_updated: Optional[datetime.datetime] = None
+
+    @property
+    def ready(self) -> bool:
+        """As CloudStack counts a copy usable (findSystemVMReadyTemplates)."""
+        return self.state == "Ready" and self.download_state in READY_DOWNLOAD_STATES
 
 
 @dataclass(frozen=True)
@@ -228,14 +236,12 @@ class Catalog:
         marks = ", ".join(["%s"] * len(ids))
         rows = self._all(
             "SELECT id, template_id, store_id, state, download_state, download_pct, "
-            "install_path, size, physical_size FROM template_store_ref "
-            f"WHERE template_id IN ({marks}) AND store_role = 'Image' "
+            "install_path, size, physical_size, error_str, last_updated "
+            f"FROM template_store_ref WHERE template_id IN ({marks}) AND store_role = 'Image' "
             "AND destroyed = 0 ORDER BY id",
             ids,
         )
-        return [StoreRef(r["id"], r["template_id"], r["store_id"], r["state"],
-                         r["download_state"], r["download_pct"], r["install_path"], r["size"],
-                         r["physical_size"]) for r in rows]
+        return [StoreRef(**row) for row in rows]
 
     def zone_refs(self, template_ids: Iterable[int]) -> frozenset[tuple[int, int]]:
         ids = sorted(set(template_ids))
@@ -480,17 +486,6 @@ class Catalog:
         return self._all(
             "SELECT id, uuid, name, hypervisor_type, format, url, cross_zones, "
             f"{extra} FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL ORDER BY id")
-
-    def doctor_store_refs(self, template_ids: Iterable[int]) -> list[dict]:
-        """Non-destroyed Image-store refs of these templates, whatever their state."""
-        ids = sorted(set(template_ids))
-        if not ids:
-            return []
-        return self._all(
-            "SELECT id, template_id, store_id, state, download_state, download_pct, "
-            "install_path, size, physical_size, error_str, last_updated FROM template_store_ref "
-            f"WHERE template_id IN ({_marks(ids)}) AND store_role = 'Image' AND destroyed = 0 "
-            "ORDER BY id", ids)
 
     def doctor_zone_refs(self, template_ids: Iterable[int]) -> list[dict]:
         ids = sorted(set(template_ids))

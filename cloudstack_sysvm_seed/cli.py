@@ -73,11 +73,15 @@ class Command:
     run: Callable[[argparse.Namespace, settings.Settings], int]
 
 
-def _seed_arguments(parser: argparse.ArgumentParser) -> None:
+def _scope_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zone", action="append", metavar="Z",
                         help="only this zone (id, uuid or name); repeatable")
     parser.add_argument("--hypervisor", action="append", metavar="HV",
                         help="only this hypervisor (kvm, vmware, xenserver, ...); repeatable")
+
+
+def _seed_arguments(parser: argparse.ArgumentParser) -> None:
+    _scope_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="change nothing; print the plan")
     _source_arguments(parser)
@@ -153,10 +157,7 @@ ON_STORE_ADDED = Command(
     _store_added_arguments, _run_store_added)
 
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--zone", action="append", metavar="Z",
-                        help="only this zone (id, uuid or name); repeatable")
-    parser.add_argument("--hypervisor", action="append", metavar="HV",
-                        help="only this hypervisor; repeatable")
+    _scope_arguments(parser)
     _source_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the problems as JSON")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
 
 from . import hypervisors, stores
-from .catalog import Store, Zone
+from .catalog import Store, StoreRef, Zone
 from .plan import same_install_path
 from .stores import StoreCopy
 
@@ -40,7 +40,6 @@ CODES = (
     ORPHAN_DIRECTORY, STALE_STAGING, SYSTEM_VMS_ON_OLD_TEMPLATE, STORE_UNREACHABLE,
 )
 
-READY_DOWNLOAD_STATES = ("DOWNLOADED", "BYPASSED")
 STALE_AFTER = 3600.0  # seconds: an older stage, or download "in progress", is abandoned
 _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)*")
 _RECREATE = {
@@ -74,27 +73,6 @@ class SysTemplate:
     @property
     def label(self) -> str:
         return f"{self.id} ({self.name})"
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A template_store_ref row (Image role, not destroyed)."""
-
-    id: int
-    template_id: int
-    store_id: int
-    state: str
-    download_state: Optional[str]
-    download_pct: Optional[int]
-    install_path: Optional[str]
-    size: Optional[int]
-    physical_size: Optional[int]
-    error_str: Optional[str] = None
-    last_updated: Optional[datetime.datetime] = None
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "Ready" and self.download_state in READY_DOWNLOAD_STATES
 
 
 @dataclass(frozen=True)
@@ -135,7 +113,7 @@ class Snapshot:
     stores: tuple[Store, ...]
     zone_hypervisors: Mapping[int, frozenset[tuple[str, str]]]
     templates: tuple[SysTemplate, ...]  # non-removed SYSTEM templates
-    refs: tuple[Ref, ...] = ()  # of those templates
+    refs: tuple[StoreRef, ...] = ()  # of those templates
     zone_refs: frozenset[tuple[int, int]] = frozenset()  # (template id, zone id)
     holdings: frozenset[tuple[int, int]] = frozenset()  # (store id, template id), any template
     settings: Mapping[str, Optional[str]] = field(default_factory=dict)  # router.template.*
@@ -363,7 +341,7 @@ class _Model:
         self.bundled = bundled
         self.templates = {t.id: t for t in s.templates}
         self.stores = {st.id: st for st in s.stores}
-        self.refs: dict[tuple[int, int], list[Ref]] = {}
+        self.refs: dict[tuple[int, int], list[StoreRef]] = {}
         for ref in sorted(s.refs, key=lambda r: r.id):
             if ref.template_id in self.templates:
                 self.refs.setdefault((ref.template_id, ref.store_id), []).append(ref)
@@ -465,7 +443,7 @@ class _Model:
 
     # refs and copies
 
-    def _primary(self, pair: tuple[int, int], refs: list[Ref]) -> Ref:
+    def _primary(self, pair: tuple[int, int], refs: list[StoreRef]) -> StoreRef:
         """Of several refs for one (template, store), the one to keep."""
         template = self.templates[pair[0]]
         copy = self.copy(template, pair[1])
@@ -525,7 +503,7 @@ class _Model:
                 and self.current.get(pair) == template and pair in self.pairs(zone)
                 and any(st.id == store_id for st in self.targets(zone)))
 
-    def recent(self, ref: Ref) -> bool:
+    def recent(self, ref: StoreRef) -> bool:
         """A download reported in progress not long ago: the SSVM may still be at it."""
         if ref.download_state != "DOWNLOAD_IN_PROGRESS" or ref.last_updated is None:
             return False
@@ -534,14 +512,14 @@ class _Model:
         return (self.s.now - ref.last_updated).total_seconds() < self.s.stale_after
 
 
-def _matches(ref: Ref, template: SysTemplate, copy: StoreCopy) -> bool:
+def _matches(ref: StoreRef, template: SysTemplate, copy: StoreCopy) -> bool:
     return (copy.state == "seeded"
             and same_install_path(ref.install_path,
                                   stores.install_path(template.id, copy.filename))
             and ref.size == copy.virtual_size and ref.physical_size == copy.physical_size)
 
 
-def _fix_ref(model: _Model, template: SysTemplate, store_id: int, ref: Optional[Ref],
+def _fix_ref(model: _Model, template: SysTemplate, store_id: int, ref: Optional[StoreRef],
              copy: StoreCopy) -> FixRef:
     path = stores.install_path(template.id, copy.filename)
     if ref is not None and same_install_path(ref.install_path, path):
@@ -646,7 +624,7 @@ def _refs(model: _Model) -> list[Decision]:
     return decisions
 
 
-def _ref_state(model: _Model, template: SysTemplate, ref: Ref, where: dict) -> list[Decision]:
+def _ref_state(model: _Model, template: SysTemplate, ref: StoreRef, where: dict) -> list[Decision]:
     store_id = ref.store_id
     copy = model.copy(template, store_id)
     rows = (("template_store_ref", ref.id),)
@@ -684,7 +662,7 @@ def _ref_state(model: _Model, template: SysTemplate, ref: Ref, where: dict) -> l
     return decisions
 
 
-def _disagreement(ref: Ref, template: SysTemplate, copy: StoreCopy) -> str:
+def _disagreement(ref: StoreRef, template: SysTemplate, copy: StoreCopy) -> str:
     directory = f"template/tmpl/1/{template.id}"
     if copy.state == "absent":
         return f"{directory} is missing on the store"
@@ -702,7 +680,7 @@ def _disagreement(ref: Ref, template: SysTemplate, copy: StoreCopy) -> str:
     return ""
 
 
-def _restore_copy(model: _Model, finding: Finding, template: SysTemplate, ref: Ref,
+def _restore_copy(model: _Model, finding: Finding, template: SysTemplate, ref: StoreRef,
                   copy: Optional[StoreCopy]) -> Decision:
     """Record a complete copy, or write the copy again, or say why not."""
     if model.recent(ref):

@@ -189,7 +189,7 @@ def observe(catalog: Catalog, mounts: stores.MountSettings,
         stores=image_stores,
         zone_hypervisors=catalog.zone_hypervisors(),
         templates=templates,
-        refs=tuple(doctor.Ref(**r) for r in catalog.doctor_store_refs(ids)),
+        refs=tuple(catalog.store_refs(ids)),
         zone_refs=frozenset((r["template_id"], r["zone_id"])
                             for r in catalog.doctor_zone_refs(ids)),
         holdings=catalog.doctor_store_holdings(s.id for s in surveyed),
@@ -443,8 +443,9 @@ def _copy(decided: doctor.RepairPlan, snapshot: doctor.Snapshot, catalog: Catalo
                            template.state, template.size, template.uuid),
             hypervisor.guest_os_id, (), not template.size, tuple(steps))
         outcomes = apply.run(plan.Plan((work,), ()), apply.Context(
-            catalog, roots, {spec.section: source}, tuple(zones), "", config.downloads,
-            config.max_image_size, update_pointers=False))
+            catalog, roots, {spec.section: source}, downloads=config.downloads,
+            max_image_size=config.max_image_size, update_pointers=False,
+            stall_timeout=config.stall_timeout))
         for outcome in outcomes:
             action = action_of.get(outcome.step)
             if action is not None:

@@ -115,8 +115,7 @@ def _seed_locked(config: Settings, meta: metadata.Metadata,
         if config.dry_run:
             return apply.dry_run(the_plan, observation.sources)
         outcomes = apply.run(the_plan, apply.Context(
-            catalog, observation.roots, observation.sources,
-            tuple(z.id for z in snapshot.zones), meta.release, config.downloads,
+            catalog, observation.roots, observation.sources, meta.release, config.downloads,
             config.max_image_size, stall_timeout=config.stall_timeout))
         observation.stalled.update(o.step.store.id for o in outcomes if o.timed_out)
         return outcomes
@@ -175,7 +174,7 @@ def install(config: Settings, request: InstallRequest) -> list[apply.Outcome]:
                                  (step,))
         return apply.run(plan.Plan((work,), ()), apply.Context(
             catalog, {store.id: request.mountpoint}, {spec.section: source},
-            tuple(z.id for z in snapshot.zones), "", config.downloads, config.max_image_size,
+            downloads=config.downloads, max_image_size=config.max_image_size,
             update_pointers=False, stall_timeout=config.stall_timeout))
 
 

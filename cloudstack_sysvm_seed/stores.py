@@ -109,7 +109,8 @@ def _mount(nfs: NfsUrl, mountpoint: str, settings: MountSettings, label: str,
     try:
         runner.run(argv, timeout=settings.mount_timeout)
     except CommandFailed as exc:
-        raise MountFailed(f"Cannot mount {nfs.export} for {label}: {exc.detail}.",
+        prefix = "timeout: " if exc.detail.startswith("timed out") else ""
+        raise MountFailed(f"{prefix}Cannot mount {nfs.export} for {label}: {exc.detail}.",
                           _mount_hint(exc.detail, version)) from exc
     # Upstream ignored mount failures and wrote into the empty local directory instead.
     if not is_mounted(mountpoint):

@@ -34,10 +34,7 @@ def test_a_killed_run_converges_on_rerun(world, stores_root, slow_bundle, phase,
     zone = world.builder.zone("east")
     world.builder.cluster(zone, "KVM")
     exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]
-    world.bundle.write_bytes(slow_bundle.read_bytes())
-    metadata = world.templates / "metadata.ini"
-    metadata.write_text(metadata.read_text().replace(
-        world.kvm.checksum, hashlib.md5(slow_bundle.read_bytes()).hexdigest()))
+    world.use_bundle(slow_bundle)
 
     process = subprocess.Popen(
         [sys.executable, "-m", "cloudstack_sysvm_seed",

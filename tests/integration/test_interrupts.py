@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -26,10 +25,7 @@ def test_interrupt_during_copy_undoes_everything(world, stores_root, slow_bundle
     zone = world.builder.zone("east")
     world.builder.cluster(zone, "KVM")
     exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]
-    world.bundle.write_bytes(slow_bundle.read_bytes())
-    metadata = world.templates / "metadata.ini"
-    new_md5 = hashlib.md5(slow_bundle.read_bytes()).hexdigest()
-    metadata.write_text(metadata.read_text().replace(world.kvm.checksum, new_md5))
+    world.use_bundle(slow_bundle)
     templates_before = world.rows("vm_template")
 
     process = subprocess.Popen(

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import VIRTUAL_SIZE
@@ -381,9 +382,9 @@ def incompressible_bundle(world, tmp_path, size):
     raw.write_bytes(os.urandom(size))
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
                    check=True)
-    world.bundle.write_bytes(bz2.compress(qcow2.read_bytes()))
-    metadata = world.templates / "metadata.ini"
-    metadata.write_text(metadata.read_text().replace(world.kvm.checksum, md5(world.bundle)))
+    compressed = tmp_path / "random.qcow2.bz2"
+    compressed.write_bytes(bz2.compress(qcow2.read_bytes()))
+    world.use_bundle(compressed)
 
 
 def test_a_store_without_room_is_refused_before_copying(world, stores_root, tmp_path):
@@ -439,3 +440,25 @@ def test_an_unsupported_nfs_version_is_named_with_a_hint(world, stores_root):
     (record,) = json.loads(run.out)
     assert "Protocol not supported" in record["error"]
     assert "NFS version 4.1 was tried and the server refused it" in record["error"]
+
+
+def test_a_hung_mount_times_out_and_the_other_stores_finish(world, stores_root, tmp_path):
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    good, _ = world.nfs_store(zone, "10.1.0.1", "/export/a1")
+    hung, _ = world.nfs_store(zone, "10.1.0.99", "/export/hangs")
+    # A mount command that never returns for the second server, as mount.nfs on a black hole.
+    script = tmp_path / "mount-or-hang"
+    script.write_text(f"#!/bin/sh\ncase \"$*\" in *10.1.0.99*) exec sleep 60;; esac\n"
+                      f"exec {world.mount_command} \"$@\"\n")
+    script.chmod(0o755)
+    started = time.monotonic()
+    run = world.run("--json", "--mount-timeout", "1", mount_command=str(script))
+    assert time.monotonic() - started < 20
+    assert run.code == errors.EXIT_FAILED
+    records = {r["store_id"]: r for r in json.loads(run.out) if r["store_id"]}
+    assert records[good]["status"] == "ready"
+    assert records[hung]["error"].startswith("timeout: Cannot mount 10.1.0.99:/export/hangs "
+                                             f"for store {hung}: timed out after 1s.")
+    assert records[hung]["zone"] == "east" and records[hung]["store_url"].endswith("/hangs")
+    assert world.leftover_mountpoints() == []

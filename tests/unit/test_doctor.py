@@ -7,7 +7,7 @@ import datetime
 import json
 
 from cloudstack_sysvm_seed import doctor, repair
-from cloudstack_sysvm_seed.catalog import Store, Zone
+from cloudstack_sysvm_seed.catalog import Store, StoreRef, Zone
 from cloudstack_sysvm_seed.doctor import (
     AddZoneRef,
     CopyTemplate,
@@ -46,7 +46,7 @@ def copy(template_id, filename=None):
 def ref(id, template_id, store_id, state="Ready", download_state="DOWNLOADED", filename=None,
         size=VIRTUAL, physical=PHYSICAL, last_updated=None):
     path = f"template/tmpl/1/{template_id}/{filename or f'file-{template_id}.vhd'}"
-    return doctor.Ref(id, template_id, store_id, state, download_state, 100, path, size,
+    return StoreRef(id, template_id, store_id, state, download_state, 100, path, size,
                       physical, None, last_updated)
 
 
