@@ -1,9 +1,11 @@
-"""The only place that starts processes: argv lists, a timeout on every call, logged."""
+"""The only place that starts processes: argv lists, a timeout on every call (or a stream
+we end ourselves), logged."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -96,3 +98,43 @@ def _text(data) -> str:
 def _tail(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[-_TAIL_LINES:])
+
+
+class Filter:
+    """A process that data streams through: bytes in on stdin, bytes out on stdout.
+
+    For decompressors, which must stream: run() would hold the whole output in memory.
+    """
+
+    def __init__(self, argv: Sequence[str]):
+        self.argv = [str(arg) for arg in argv]
+        LOG.debug("Streaming through: %s", " ".join(self.argv))
+        self.started = time.monotonic()
+        try:
+            self.process = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL="C"))
+        except OSError as exc:
+            raise CommandFailed(self.argv, f"cannot start: {exc.strerror}") from None
+        self.stdin = self.process.stdin
+        self.stdout = self.process.stdout
+
+    def finish(self, timeout: float = 60.0) -> None:
+        """Wait for the exit; :raises CommandFailed: on a non-zero status."""
+        code = self.process.wait(timeout)
+        stderr = self.process.stderr.read().decode("utf-8", "replace")
+        self.process.stderr.close()
+        LOG.debug("Command %s exited %d in %.2fs", self.argv[0], code,
+                  time.monotonic() - self.started)
+        if code != 0:
+            raise CommandFailed(self.argv, f"exit code {code}: {_tail(stderr)}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.stdin, self.stdout, self.process.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass

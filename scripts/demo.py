@@ -79,9 +79,12 @@ def main() -> int:
             banner("Second run: nothing to do")
             second = subprocess.run([TOOL, *args], check=False).returncode
             print(f"(exit code {second})")
+            banner("doctor: the read-only consistency check")
+            healthy = subprocess.run([TOOL, "doctor", *args], check=False).returncode
+            print(f"(exit code {healthy})")
             show(db, nfs_root)
             db.close()
-        return 0 if first == second == 0 else 1
+        return 0 if first == second == healthy == 0 else 1
     finally:
         # Remove the work tree only when nothing of it is mounted any more.
         if any(p.startswith(str(work)) for p in mounts.mountinfo_points()):

@@ -260,3 +260,31 @@ def test_truncated_ova(tmp_path):
     data = make_tar(GOOD_OVA)
     with pytest.raises(ImageFormatError, match="truncated"):
         read(tmp_path, data[:2048 + 512], "OVA")
+
+
+# --- through lbzip2 (parallel decoding), as large files go -----------------------------------
+
+
+@pytest.fixture
+def through_lbzip2(monkeypatch):
+    assert images._parallel_bzip2(), "lbzip2 is missing: apt-get install lbzip2 (scripts/setup)"
+    monkeypatch.setattr(images, "PARALLEL_BZIP2_MIN", 0)
+
+
+def test_lbzip2_gives_the_same_bytes_and_hash(tmp_path, through_lbzip2):
+    half = len(QCOW2) // 2
+    for data in (bz2.compress(QCOW2), bz2.compress(QCOW2[:half]) + bz2.compress(QCOW2[half:])):
+        info, sink = read(tmp_path, data, chunk_size=999)
+        assert bytes(sink.image) == QCOW2 and info.virtual_size == 1 << 30
+
+
+@pytest.mark.parametrize("damage", [half, lambda d: d[:100] + b"\xff" * 10 + d[110:]],
+                         ids=["truncated", "corrupt"])
+def test_lbzip2_refuses_damaged_files(tmp_path, through_lbzip2, damage):
+    with pytest.raises(ImageFormatError, match="image: corrupt or truncated bzip2 data"):
+        read(tmp_path, damage(bz2.compress(QCOW2)))
+
+
+def test_lbzip2_wrong_format_stops_early(tmp_path, through_lbzip2):
+    with pytest.raises(ImageFormatError, match="holds vhd data"):
+        read(tmp_path, bz2.compress(DYNAMIC_VHD + b"\0" * (8 << 20)), "QCOW2")
