@@ -39,7 +39,7 @@ def run(config: Settings) -> list[Problem]:
         except SeedError as exc:
             return problems + [Problem("scope", str(exc))]
         problems += _name_problems(catalog, snapshot, targets)
-        with observe.Observation(snapshot, config.mounts) as observation:
+        with observe.Observation(snapshot, config.mounts, config.jobs) as observation:
             observation.probe(meta, targets, config.templates_dir, config.downloads)
             problems += _source_problems(observation, targets, config)
             problems += _store_problems(observation, targets)

@@ -105,6 +105,8 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse images that expand beyond this (default 64)")
     parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
                         help="wait this long for the registration lock (default 1200)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="stores mounted at once (default: 4 per CPU, at most 16)")
     parser.add_argument("--nfs-version", metavar="V",
                         help="mount stores with -o vers=V (default: the store's nfs.version "
                              "detail, else secstorage.nfs.version, else the system's)")

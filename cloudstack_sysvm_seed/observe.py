@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from . import plan, sources, stores
@@ -37,8 +39,11 @@ def read_catalog(catalog: Catalog, metadata: Metadata) -> plan.Snapshot:
 class Observation(contextlib.ExitStack):
     """The snapshot plus the mounted stores; closing it unmounts every store."""
 
-    def __init__(self, snapshot: plan.Snapshot, mount_settings: stores.MountSettings):
+    def __init__(self, snapshot: plan.Snapshot, mount_settings: stores.MountSettings,
+                 jobs: int = 1):
         super().__init__()
+        self.jobs = max(1, jobs)  # stores mounted at once: mount.nfs waits on the network
+        self.lock = threading.Lock()
         self.snapshot = snapshot
         self.mount_settings = mount_settings
         self.roots: dict[int, str] = {}  # store id -> mountpoint
@@ -51,10 +56,10 @@ class Observation(contextlib.ExitStack):
               downloads: sources.DownloadSettings) -> None:
         """Mount each target store once, see what it holds, and find each spec's source."""
         mount_errors: dict[int, str] = {}
-        for store in _unique_stores(targets):
-            error = self._mount(store)
-            if error:
-                mount_errors[store.id] = error
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mount") as pool:
+            for store, error in pool.map(self._mount, _unique_stores(targets)):
+                if error:
+                    mount_errors[store.id] = error
         copies = {}
         for target in targets:
             template = plan.existing_template(self.snapshot, target.spec)
@@ -72,16 +77,20 @@ class Observation(contextlib.ExitStack):
         self.snapshot = dataclasses.replace(
             self.snapshot, copies=copies, mount_errors=mount_errors, missing_sources=missing)
 
-    def _mount(self, store: Store) -> Optional[str]:
+    def _mount(self, store: Store) -> tuple[Store, Optional[str]]:
+        """Mount one store (in a pool thread); the error, if it cannot be."""
         label = f"store {store.id}"
+        mount = stores.mounted(store.url, self.mount_settings, label,
+                               lazy=lambda: bool(self.stalled), nfs_version=store.nfs_version)
         try:
-            self.roots[store.id] = self.enter_context(stores.mounted(
-                store.url, self.mount_settings, label, lazy=lambda: bool(self.stalled),
-                nfs_version=store.nfs_version))
+            root = mount.__enter__()
         except StoreError as exc:
             LOG.error("%s (%s): %s", label, store.url, exc)
-            return str(exc)
-        return None
+            return store, str(exc)
+        with self.lock:  # registered at once, so an interrupt never leaves a mount behind
+            self.push(mount)
+            self.roots[store.id] = root
+        return store, None
 
 
 def _unique_stores(targets: list[plan.Target]) -> list[Store]:

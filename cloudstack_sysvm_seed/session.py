@@ -108,7 +108,7 @@ def _seed_locked(config: Settings, meta: metadata.Metadata,
                  catalog: Catalog) -> list[apply.Outcome]:
     snapshot = observe.read_catalog(catalog, meta)
     targets, skipped = plan.select(snapshot, meta, config.scope)
-    with observe.Observation(snapshot, config.mounts) as observation:
+    with observe.Observation(snapshot, config.mounts, config.jobs) as observation:
         observation.probe(meta, targets, config.templates_dir, config.downloads)
         the_plan = plan.build(observation.snapshot, meta, targets, skipped,
                               config.allow_unverified)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -29,6 +30,7 @@ class Settings:
     max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
     lock_timeout: float = 1200.0  # upstream's registration waits 20 minutes
     stall_timeout: float = copies.DEFAULT_STALL_TIMEOUT
+    jobs: int = 1  # stores mounted at once
     dry_run: bool = False
     json: bool = False
     log_file: Optional[str] = None
@@ -63,6 +65,7 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
         lock_timeout=float(getattr(args, "lock_timeout", None) or 1200.0),
         stall_timeout=float(getattr(args, "stall_timeout", None)
                             or copies.DEFAULT_STALL_TIMEOUT),
+        jobs=getattr(args, "jobs", None) or default_jobs(),
         dry_run=bool(getattr(args, "dry_run", False)),
         json=bool(getattr(args, "json", False)),
         log_file=args.log_file,
@@ -71,3 +74,8 @@ def from_args(args, environ: Mapping[str, str]) -> Settings:
 
 def _gib(value: Optional[float]) -> int:
     return int(value * (1 << 30)) if value else images.DEFAULT_MAX_IMAGE_SIZE
+
+
+def default_jobs() -> int:
+    """Stores mounted and probed at once: mounting waits on the network, so a few per core."""
+    return min(16, 4 * (os.cpu_count() or 1))
