@@ -82,10 +82,6 @@ class SourceError(SeedError):
     exit_code = EXIT_SOURCE
 
 
-class SourceMissing(SourceError):
-    pass
-
-
 class ChecksumMismatch(SourceError):
     def __init__(self, path: str, algorithm: str, expected: str, actual: str):
         super().__init__(
@@ -98,10 +94,6 @@ class ChecksumMismatch(SourceError):
 
 class ImageFormatError(SourceError):
     pass
-
-
-class Unsupported(SeedError):
-    """A store or hypervisor this version of the tool does not handle (yet)."""
 
 
 class CommandFailed(SeedError):
