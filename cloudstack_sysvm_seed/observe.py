@@ -44,6 +44,7 @@ class Observation(contextlib.ExitStack):
         super().__init__()
         self.jobs = max(1, jobs)  # stores mounted at once: mount.nfs waits on the network
         self.lock = threading.Lock()
+        self.mounts: list = []  # entered stores.mounted() context managers
         self.snapshot = snapshot
         self.mount_settings = mount_settings
         self.roots: dict[int, str] = {}  # store id -> mountpoint
@@ -88,9 +89,19 @@ class Observation(contextlib.ExitStack):
             LOG.error("%s (%s): %s", label, store.url, exc)
             return store, str(exc)
         with self.lock:  # registered at once, so an interrupt never leaves a mount behind
-            self.push(mount)
+            self.mounts.append(mount)
             self.roots[store.id] = root
         return store, None
+
+    def __exit__(self, *exc_info):
+        """Unmount every store, `jobs` at a time: each umount waits on its server."""
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="umount") as pool:
+                list(pool.map(lambda mount: mount.__exit__(None, None, None), self.mounts))
+        finally:
+            self.mounts.clear()
+            suppress = super().__exit__(*exc_info)
+        return suppress
 
 
 def _unique_stores(targets: list[plan.Target]) -> list[Store]:
