@@ -132,6 +132,7 @@ SEED = Command(
     "image store of each zone. The default command.",
     _seed_arguments, _run_seed)
 
+
 def _store_added_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-id", type=int, required=True, metavar="N",
                         help="the image store just added (image_store.id)")
@@ -158,6 +159,7 @@ ON_STORE_ADDED = Command(
     "zone. Exits 0 even when seeding fails (the report says why), unless --strict.",
     _store_added_arguments, _run_store_added)
 
+
 def _check_arguments(parser: argparse.ArgumentParser) -> None:
     _scope_arguments(parser)
     _source_arguments(parser)
@@ -182,6 +184,7 @@ CHECK = Command(
     "downloadable image for every hypervisor in use, names that line up, every store "
     "mountable and writable with room, and the lock free. Prints the problems, or 'ready'.",
     _check_arguments, _run_check)
+
 
 def _install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--mountpoint", required=True, help="the mounted store")
@@ -222,6 +225,7 @@ DOCTOR = Command("doctor", repair_command.DOCTOR_DESCRIPTION, repair_command.doc
                  repair_command.run_doctor)
 REPAIR = Command("repair", repair_command.REPAIR_DESCRIPTION, repair_command.repair_arguments,
                  repair_command.run_repair)
+
 
 COMMANDS: dict[str, Command] = {
     command.name: command for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR)}
