@@ -250,7 +250,7 @@ def _target_step(snapshot: Snapshot, spec: TemplateSpec, template: Optional[Temp
         return Step(FAIL, reason=snapshot.mount_errors[store.id], **base)
     if template is None:
         return Step(REGISTER, reason="not registered yet", **base)
-    ref = _store_ref(snapshot, template.id, store.id)
+    ref = store_ref_of(snapshot.store_refs, template.id, store.id)
     copy = snapshot.copies.get((store.id, template.id), StoreCopy("absent"))
     base.update(template_id=template.id, store_ref=ref, copy=copy)
     if copy.state != "seeded":
@@ -278,10 +278,10 @@ def _failed(step: Step, reason: str) -> Step:
                 reason, step.store_ref, step.copy)
 
 
-def _store_ref(snapshot: Snapshot, template_id: int, store_id: int) -> Optional[StoreRef]:
-    refs = [r for r in snapshot.store_refs
-            if r.template_id == template_id and r.store_id == store_id]
-    return min(refs, key=lambda r: r.id, default=None)
+def store_ref_of(refs, template_id: int, store_id: int) -> Optional[StoreRef]:
+    """The row for a (template, store) pair; with duplicates, the oldest."""
+    matches = [r for r in refs if r.template_id == template_id and r.store_id == store_id]
+    return min(matches, key=lambda r: r.id, default=None)
 
 
 def _ref_matches(ref: Optional[StoreRef], template_id: int, copy: StoreCopy) -> bool:

@@ -164,8 +164,7 @@ def install(config: Settings, request: InstallRequest) -> list[apply.Outcome]:
             raise StoreError(f"Template {template.id} is already on this store "
                              f"({stores.template_dir(request.mountpoint, template.id)}).",
                              "Pass -F to replace it (the old copy is set aside, not deleted).")
-        refs = catalog.store_refs([template.id])
-        ref = min((r for r in refs if r.store_id == store.id), key=lambda r: r.id, default=None)
+        ref = plan.store_ref_of(catalog.store_refs([template.id]), template.id, store.id)
         step = plan.Step(plan.SEED, zone, store, hypervisor.key, request.arch, template.id,
                          "install", ref, copy)
         zone_refs = catalog.zone_refs([template.id])

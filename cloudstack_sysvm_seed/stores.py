@@ -176,17 +176,18 @@ def is_mounted(path: str) -> bool:
     os.path.ismount misses bind mounts within one filesystem, so read mountinfo; and never
     stat the path itself, which blocks for as long as a dead NFS server does.
     """
-    target = _resolved(path)
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as stream:
-            return any(_mountinfo_target(line) == target for line in stream)
+        return mount_source(path) is not None
     except OSError:
         return os.path.ismount(path)
 
 
 def mount_source(path: str) -> Optional[str]:
     """What is mounted at `path` (`host:/export` for NFS), from mountinfo; None if nothing.
-    With stacked mounts the last line, the one on top, wins."""
+    With stacked mounts the last line, the one on top, wins.
+
+    :raises OSError: when mountinfo cannot be read.
+    """
     target = _resolved(path)
     source = None
     with open("/proc/self/mountinfo", encoding="utf-8") as stream:
@@ -315,12 +316,7 @@ class Stage:
         self._remove_empty_work_dirs()
 
     def _remove_empty_work_dirs(self) -> None:
-        # rmdir fails on a non-empty directory, so a concurrent run's stage is left alone.
-        for directory in (os.path.dirname(self.path), os.path.join(self.root, WORK_DIR)):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                return
+        _prune_work_dirs(self.root)
 
 
 def sweep_stages(root: str) -> int:
@@ -332,12 +328,18 @@ def sweep_stages(root: str) -> int:
         return 0
     for name in names:
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    for directory in (parent, os.path.join(root, WORK_DIR)):
+    _prune_work_dirs(root)
+    return len(names)
+
+
+def _prune_work_dirs(root: str) -> None:
+    """Remove our stage/ and work directories once empty. rmdir fails on a non-empty one, so
+    another stage, or set-aside copies, keep them."""
+    for directory in (os.path.join(root, WORK_DIR, "stage"), os.path.join(root, WORK_DIR)):
         try:
             os.rmdir(directory)
         except OSError:
-            break
-    return len(names)
+            return
 
 
 def set_aside(root: str, directory: str) -> str:
@@ -449,8 +451,4 @@ def remove_stage(root: str, name: str) -> None:
     if os.path.dirname(os.path.normpath(path)) != base or name in ("", ".", ".."):
         raise ValueError(f"{name!r} is not a stage directory")
     shutil.rmtree(path)
-    for directory in (base, os.path.join(root, WORK_DIR)):
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
+    _prune_work_dirs(root)
