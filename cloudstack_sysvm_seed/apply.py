@@ -2,21 +2,23 @@
 
 Per source file: the file is read once and written to a stage on every target store of every
 template that uses it (KVM and LXC share one file), and its checksum is verified before any
-row is written. Then, store by store, one transaction covers the rows of that (template,
-store) pair and is committed only after the copy has been renamed into place. A failure
-undoes that pair alone.
+row is written. Then, store by store as each copy is whole, one transaction covers the rows
+of that (template, store) pair and is committed only after the copy has been renamed into
+place. A failure undoes that pair alone. A slow store's copy goes on being written while
+the next source file is read; it is published when it is done.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import checksum, copies, images, plan, properties, sources, stores
+from . import checksum, copies, images, plan, progress, properties, sources, stores
 from .catalog import Catalog, NewTemplate, now
-from .errors import SeedError, StoreFull
+from .errors import SeedError
 from .plan import Step, TemplateWork
 
 LOG = logging.getLogger(__name__)
@@ -67,8 +69,15 @@ def run(the_plan: plan.Plan, context: Context) -> list[Outcome]:
     for step in the_plan.others:
         outcomes[step] = _unapplied(step, SKIPPED)
     runs = [_WorkRun(work) for work in the_plan.works]
-    for group in _by_source(runs, context.sources):
-        _seed_group(group, context)
+    try:
+        for group in _by_source(runs, context.sources):
+            _seed_group(group, context)
+            _publish_copies(runs, context, wait=False)
+        _publish_copies(runs, context, wait=True)
+    except BaseException:  # Ctrl-C, SIGTERM: no stage is left behind and no row half-made
+        for work_run in runs:
+            work_run.fail_seeding("interrupted")
+        raise
     for work_run in runs:
         _finish_work(work_run, context)
         outcomes.update(work_run.outcomes)
@@ -109,6 +118,7 @@ class _WorkRun:
         self.filename = f"{self.file_uuid}.{work.spec.hypervisor.extension}"
         self.outcomes: dict[Step, Outcome] = {}
         self.writers: list[copies.CopyWriter] = []
+        self.info: Optional[images.ImageInfo] = None  # set once the pass is verified
         self.checksum_text = str(work.spec.checksum) if work.spec.checksum else ""
         self.source = ""
         for step in work.steps:
@@ -124,10 +134,14 @@ class _WorkRun:
         return sorted({o.step.zone.id for o in self.outcomes.values()
                        if o.status == READY and o.step.zone is not None})
 
+    def unsettled(self) -> list[copies.CopyWriter]:
+        """Writers of this template whose copy has no outcome yet."""
+        return [writer for writer in self.writers if writer.step not in self.outcomes]
+
     def fail_seeding(self, message: str) -> None:
-        for writer in self.writers:
+        for writer in self.unsettled():
             writer.fail(message)
-            self.outcomes.setdefault(writer.step, self.failed_copy(writer))
+            self.outcomes[writer.step] = self.failed_copy(writer)
         for step in self.work.seed_steps:
             self.outcomes.setdefault(step, Outcome(step, FAILED, self.template_id, message,
                                                    source=self.source))
@@ -162,23 +176,24 @@ def _seed_group(group: list[_WorkRun], context: Context) -> None:
         needed = images.expanded_size_estimate(path)
         for work_run in group:
             _open_writers(work_run, context, needed)
-        writers = [w for work_run in group for w in work_run.writers]
+        writers = _writers_still_on(group)
         if not writers:
             return
         LOG.info("Copying %s to %d store(s)", path, len(writers))
-        info = images.read(path, spec.hypervisor.image_format, list(hashers.values()), writers,
-                           context.max_image_size)
+        shown = progress.start(f"{os.path.basename(path)} to {len(writers)} store(s)",
+                               os.path.getsize(path))
+        try:
+            info = images.read(path, spec.hypervisor.image_format, list(hashers.values()),
+                               writers, context.max_image_size, progress=shown)
+        finally:
+            shown.close()
     except (SeedError, OSError) as exc:
         LOG.error("%s: %s", spec.label, exc)
         for work_run in group:
             work_run.fail_seeding(str(exc))
         return
-    except BaseException:
-        for work_run in group:
-            work_run.fail_seeding("interrupted")
-        raise
     for work_run in group:
-        _verify_and_publish(work_run, hashers[work_run.checksum_text], path, info, context)
+        _verify(work_run, hashers[work_run.checksum_text], path, info)
 
 
 def _local_file(source: sources.Source, spec, context: Context) -> str:
@@ -193,30 +208,27 @@ def _hasher(expected: Optional[checksum.Checksum]):
 
 
 def _open_writers(work_run: _WorkRun, context: Context, needed: int) -> None:
-    """A writer per target store that passes the write probe and has room for the image."""
+    """A writer per target store; each checks its store (probe file, room) first."""
     for step in work_run.work.seed_steps:
-        root = context.roots[step.store.id]
-        try:
-            _check_room(root, step, needed)
-            work_run.writers.append(copies.CopyWriter(step, root, work_run.filename,
-                                                     context.stall_timeout))
-        except (OSError, SeedError) as exc:
-            message = copies.store_error(exc, step) if isinstance(exc, OSError) else str(exc)
-            work_run.outcomes[step] = Outcome(step, FAILED, step.template_id, message,
-                                              source=work_run.source)
+        work_run.writers.append(copies.CopyWriter(
+            step, context.roots[step.store.id], work_run.filename, needed,
+            context.stall_timeout, context.downloads.cache_dir))
 
 
-def _check_room(root: str, step: Step, needed: int) -> None:
-    label = f"store {step.store.id} ({step.store.url})"
-    stores.check_writable(root, label)
-    free = stores.free_bytes(root)
-    if free < needed:
-        raise StoreFull(f"{label} has {free} bytes free; the image needs about {needed}.",
-                        "Free space on the store (or add another store to the zone) and rerun.")
+def _writers_still_on(group: list[_WorkRun]) -> list[copies.CopyWriter]:
+    """The group's writers once their stores were checked; those refused are recorded as
+    failed now, before any data is read."""
+    copies.wait_started([w for work_run in group for w in work_run.writers])
+    for work_run in group:
+        for writer in work_run.unsettled():
+            if writer.error:
+                writer.fail(writer.error)
+                work_run.outcomes[writer.step] = work_run.failed_copy(writer)
+    return [w for work_run in group for w in work_run.unsettled()]
 
 
-def _verify_and_publish(work_run: _WorkRun, hasher, path: str, info: images.ImageInfo,
-                        context: Context) -> None:
+def _verify(work_run: _WorkRun, hasher, path: str, info: images.ImageInfo) -> None:
+    """Check the source's checksum; when it holds, let the writers finish their copies."""
     spec = work_run.work.spec
     try:
         if spec.checksum:
@@ -228,12 +240,20 @@ def _verify_and_publish(work_run: _WorkRun, hasher, path: str, info: images.Imag
     except SeedError as exc:
         work_run.fail_seeding(str(exc))
         return
+    work_run.info = info
     for writer in work_run.writers:
-        writer.finish()
-        if writer.error:
-            work_run.outcomes[writer.step] = work_run.failed_copy(writer)
-        else:
-            work_run.outcomes[writer.step] = _publish(work_run, writer, info, context)
+        writer.end()
+
+
+def _publish_copies(runs: list[_WorkRun], context: Context, wait: bool) -> None:
+    """Publish every verified copy that is whole (or record its failure); with `wait`, every
+    one, as each store is done, otherwise only those already done."""
+    owner = {writer: work_run for work_run in runs if work_run.info
+             for writer in work_run.unsettled()}
+    for writer in copies.as_finished(owner, wait):
+        work_run = owner[writer]
+        work_run.outcomes[writer.step] = (work_run.failed_copy(writer) if writer.error else
+                                          _publish(work_run, writer, work_run.info, context))
 
 
 def _publish(work_run: _WorkRun, writer: copies.CopyWriter, info: images.ImageInfo,

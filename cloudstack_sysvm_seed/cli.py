@@ -97,7 +97,8 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download-attempts", type=int, metavar="N",
                         help="tries per download, with backoff (default 5)")
     parser.add_argument("--cache-dir", metavar="DIR",
-                        help=f"where downloads are kept (default {sources.DEFAULT_CACHE_DIR})")
+                        help="where downloads are kept, and a slow store's backlog while "
+                             f"it catches up (default {sources.DEFAULT_CACHE_DIR})")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="seed images whose metadata.ini checksum is empty, recording "
                              "their SHA-512")

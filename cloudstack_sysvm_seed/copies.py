@@ -1,85 +1,111 @@
 """A template copy being written to one store, by a thread of its own.
 
-The single pass over a source hands every chunk to each store's writer through a small
-bounded queue. A slow store then holds back the others only by the queue's depth, and a
-store that stops making progress (a dead NFS server on a hard mount blocks write(2) for
+The single pass over a source hands every chunk to each store's writer and goes on. What a
+writer has not written yet waits in its backlog: a few chunks in memory, the rest spilled to
+an unlinked file on local disk. So a slow store never slows the pass, nor the other stores,
+and memory stays bounded whatever the lag. (When local disk is short the backlog stops
+spilling and the pass waits for that store instead.)
+
+A store that stops making progress (a dead NFS server on a hard mount blocks write(2) for
 good) is declared stalled after `stall_timeout` and abandoned, so the run can go on.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
-import queue
+import os
+import tempfile
 import threading
-from typing import Optional
+import time
+from typing import Iterable, Iterator, NamedTuple, Optional
 
-from . import stores
+from . import progress, stores
+from .errors import SeedError, StoreFull
 from .plan import Step
 
 LOG = logging.getLogger(__name__)
 
-QUEUE_CHUNKS = 8  # of 1 MiB: what a writer may lag behind the reader
+MEMORY_CHUNKS = 8  # of up to 1 MiB: what a backlog holds in memory before it spills
+SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
 DEFAULT_STALL_TIMEOUT = 120.0
-_STOP = ("stop", None)
+START_GRACE = 5.0  # how long the pass waits for every store to be checked before it begins
+_DATA = ("image", "member")  # operations that carry image bytes
+_SETTLED = threading.Condition()  # notified whenever a writer finishes or fails
 
 
 class CopyWriter:
-    """A Sink (see images.Sink) for one store; failures here stay here."""
+    """A Sink (see images.Sink) for one store; failures here stay here.
 
-    def __init__(self, step: Step, root: str, filename: str,
-                 stall_timeout: float = DEFAULT_STALL_TIMEOUT):
+    Everything that touches the store happens in the writer's thread, from the first check
+    on, so a store that hangs at any point is caught by the stall timeout.
+    """
+
+    def __init__(self, step: Step, root: str, filename: str, needed: int = 0,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+                 spool_dir: Optional[str] = None):
         self.step = step
+        self.root = root
         self.filename = filename
+        self.needed = needed  # bytes the copy will take, about
         self.stall_timeout = stall_timeout
         self.error = ""
         self.stalled = False
+        self.stage: Optional[stores.Stage] = None
+        self.stream = None
         self.member = None
+        self.started = threading.Event()  # the store was checked: stage made, or an error
         self.finished = threading.Event()
-        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self.busy_since: Optional[float] = None  # when the operation under way began
+        self.backlog = Backlog(spool_dir)
+        self.backlog.put("start", None)
         self.thread = threading.Thread(target=self._work, daemon=True,
                                        name=f"store-{step.store.id}")
-        self.stage = stores.Stage(root)
-        try:
-            self.stream = self.stage.open_image(filename)
-            self.thread.start()
-        except BaseException:  # Ctrl-C included: no stage may outlive a failed start
-            self.stage.discard()
-            raise
+        self.thread.start()
 
     # --- the Sink, called by the reading thread -------------------------------------------
 
     def write(self, chunk: bytes) -> None:
-        self._send(("image", chunk))
+        self._send("image", chunk)
 
     def open_member(self, name: str) -> None:
-        self._send(("open", name))
+        self._send("open", name)
 
     def write_member(self, chunk: bytes) -> None:
-        self._send(("member", chunk))
+        self._send("member", chunk)
 
     def close_member(self) -> None:
-        self._send(("close", None))
+        self._send("close", None)
+
+    def end(self) -> None:
+        """No more data: flush and sync once the backlog is written (see as_finished)."""
+        self._send("finish", None)
 
     def finish(self) -> None:
-        """Flush and sync everything; afterwards `error` says whether the copy is whole."""
-        if not self.error:
-            self._send(("finish", None))
-        if not self.error and not self.finished.wait(self.stall_timeout):
+        """end(), then wait; afterwards `error` says whether the copy is whole."""
+        self.end()
+        for _ in as_finished([self]):
+            pass
+
+    def settled(self) -> bool:
+        """The copy is whole or given up; declares a stall when an operation hangs."""
+        if self.finished.is_set() or self.error:
+            return True
+        started = self.busy_since
+        if started is not None and time.monotonic() - started > self.stall_timeout:
             self._stall()
-        if self.error:
-            self.fail(self.error)
+            return True
+        return False
 
     def fail(self, message: str) -> None:
         """Give up on this copy and remove its stage (unless the store no longer answers)."""
         if not self.error:
             self.error = message
+        self.backlog.drop()
         if self.stalled:
             return  # touching the store would block too; the next run sweeps the stage
-        try:
-            self.queue.put(_STOP, timeout=self.stall_timeout)
-        except queue.Full:
-            pass
+        self.backlog.put("stop", None)
         self.thread.join(self.stall_timeout)
         if self.thread.is_alive():
             self._stall()
@@ -90,14 +116,13 @@ class CopyWriter:
                     stream.close()
                 except OSError:
                     pass
-        self.stage.discard()
+        if self.stage is not None:
+            self.stage.discard()
 
-    def _send(self, operation) -> None:
-        if self.error:
-            return
-        try:
-            self.queue.put(operation, timeout=self.stall_timeout)
-        except queue.Full:
+    def _send(self, kind: str, data) -> None:
+        if self.settled():
+            return  # failed or stalled: the reader goes on without this store
+        if not self.backlog.put(kind, data, self.stall_timeout):
             self._stall()
 
     def _stall(self) -> None:
@@ -107,25 +132,44 @@ class CopyWriter:
                       f"{zone.name if zone else '-'} for {self.stall_timeout:g}s; the NFS "
                       "server may be down or overloaded. Other stores go on.")
         LOG.error("%s", self.error)
+        self.backlog.drop()
 
     # --- the writing thread -----------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            kind, data = self.queue.get()
-            if kind == "stop":
-                return
-            if not self.error:  # after an error, only drain
-                try:
-                    self._do(kind, data)
-                except OSError as exc:
-                    self.error = store_error(exc, self.step)
-            if kind == "finish":
-                self.finished.set()
-                return
+        try:
+            while True:
+                kind, data = self.backlog.get()
+                if kind == "stop":
+                    return
+                if not self.error:  # after an error, only drain
+                    self._attempt(kind, data)
+                if kind == "finish":
+                    self.backlog.close()
+                    self.finished.set()
+                    _notify_settled()
+                    return
+        finally:
+            self.backlog.close()
+
+    def _attempt(self, kind: str, data) -> None:
+        self.busy_since = time.monotonic()
+        try:
+            self._do(kind, data)
+        except (OSError, SeedError) as exc:
+            self.error = (store_error(exc, self.step) if isinstance(exc, OSError)
+                          else str(exc))
+            _notify_settled()
+        finally:
+            self.busy_since = None
+            if kind == "start":
+                self.started.set()
+                _notify_settled()
 
     def _do(self, kind: str, data) -> None:
-        if kind == "image":
+        if kind == "start":
+            self._start()
+        elif kind == "image":
             self.stream.write(data)
         elif kind == "open":
             self.member = self.stage.open_image(data)
@@ -135,6 +179,162 @@ class CopyWriter:
             _close(self.member)
         elif kind == "finish":
             _close(self.stream)
+
+    def _start(self) -> None:
+        """The store must take a probe file and have room; then the stage is made."""
+        store = self.step.store
+        label = f"store {store.id} ({store.url})"
+        stores.check_writable(self.root, label)
+        free = stores.free_bytes(self.root)
+        if free < self.needed:
+            raise StoreFull(f"{label} has {free} bytes free; the image needs about "
+                            f"{self.needed}.", "Free space on the store (or add another store "
+                            "to the zone) and rerun.")
+        self.stage = stores.Stage(self.root)
+        self.stream = self.stage.open_image(self.filename)
+
+
+def wait_started(writers: Iterable[CopyWriter], timeout: float = START_GRACE) -> None:
+    """Until each writer has checked its store (or `timeout`), so that stores refusing the
+    copy are named before the pass, while a store slow to answer does not hold it back."""
+    deadline = time.monotonic() + timeout
+    with _SETTLED:
+        while not all(writer.started.is_set() or writer.settled() for writer in writers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            _SETTLED.wait(left)
+
+
+def as_finished(writers: Iterable[CopyWriter], wait: bool = True,
+                poll: float = 1.0) -> Iterator[CopyWriter]:
+    """Each writer once its copy is whole or given up (a failed copy's stage is removed
+    first), soonest first, so a fast store's copy is published while a slow one writes.
+    Without `wait`, only the writers settled already."""
+    pending = list(writers)
+    reported = time.monotonic()
+    while pending:
+        with _SETTLED:
+            done = [writer for writer in pending if writer.settled()]
+            if not done and wait:
+                _SETTLED.wait(poll)  # woken by a writer; the timeout catches stalls
+                if time.monotonic() - reported >= progress.INTERVAL:
+                    reported = time.monotonic()
+                    _report_lagging(pending)
+                continue
+        for writer in done:
+            pending.remove(writer)
+            if writer.error:
+                writer.fail(writer.error)
+            yield writer
+        if not wait:
+            return
+
+
+def _report_lagging(writers: list[CopyWriter]) -> None:
+    for writer in writers:
+        store = writer.step.store
+        LOG.info("Still writing to store %d (%s): %d MiB to go", store.id, store.url,
+                 writer.backlog.pending >> 20)
+
+
+def _notify_settled() -> None:
+    with _SETTLED:
+        _SETTLED.notify_all()
+
+
+class _Spooled(NamedTuple):
+    offset: int
+    length: int
+
+
+class Backlog:
+    """Operations handed to a writer and not yet done, in order: up to MEMORY_CHUNKS of data
+    in memory, the rest in an unlinked file in `spool_dir`, which no crash can leave behind."""
+
+    def __init__(self, spool_dir: Optional[str]):
+        self.spool_dir = spool_dir
+        self.items: collections.deque = collections.deque()
+        self.in_memory = 0  # data operations held in memory
+        self.pending = 0  # bytes not yet handed to the writer
+        self.spool = None  # an unlinked file, opened on the first spill
+        self.spool_end = 0
+        self.room_checked_at = -1  # spool_end when free space was last checked
+        self.changed = threading.Condition()
+
+    def put(self, kind: str, data, timeout: float = 0) -> bool:
+        """Queue an operation; False when it found no room within `timeout`."""
+        with self.changed:
+            if kind in _DATA and self.in_memory >= MEMORY_CHUNKS:
+                if self._spill(kind, data):
+                    return True
+                if not self.changed.wait_for(lambda: self.in_memory < MEMORY_CHUNKS, timeout):
+                    return False
+            self.items.append((kind, data))
+            if kind in _DATA:
+                self.in_memory += 1
+                self.pending += len(data)
+            self.changed.notify_all()
+            return True
+
+    def get(self):
+        """The next operation, waiting for one; spilled data is read back here."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.items)
+            kind, data = self.items.popleft()
+            if isinstance(data, _Spooled):
+                data = os.pread(self.spool.fileno(), data.length, data.offset)
+            elif kind in _DATA:
+                self.in_memory -= 1
+            if kind in _DATA:
+                self.pending -= len(data)
+            if not self.items and self.spool_end:
+                self.spool.truncate(0)  # caught up: give the disk space back
+                self.spool_end, self.room_checked_at = 0, -1
+            self.changed.notify_all()
+            return kind, data
+
+    def drop(self) -> None:
+        """Forget everything not yet done (the copy is given up)."""
+        with self.changed:
+            self.items.clear()
+            self.in_memory = self.pending = 0
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            if self.spool is not None:
+                self.spool.close()
+                self.spool, self.spool_end = None, 0
+
+    def _spill(self, kind: str, data: bytes) -> bool:
+        if not self.spool_dir or not self._room_on_disk():
+            return False
+        try:
+            if self.spool is None:
+                os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+                self.spool = tempfile.TemporaryFile(dir=self.spool_dir)
+            os.pwrite(self.spool.fileno(), data, self.spool_end)
+        except OSError as exc:
+            LOG.warning("Cannot spill a store's backlog to %s (%s); the copy to every store "
+                        "now goes at the pace of the slowest.", self.spool_dir, exc.strerror)
+            self.spool_dir = None
+            return False
+        self.items.append((kind, _Spooled(self.spool_end, len(data))))
+        self.spool_end += len(data)
+        self.pending += len(data)
+        self.changed.notify_all()
+        return True
+
+    def _room_on_disk(self) -> bool:
+        # statvfs every 64 MiB of spool, not every chunk.
+        if self.room_checked_at >= 0 and self.spool_end - self.room_checked_at < (64 << 20):
+            return True
+        self.room_checked_at = self.spool_end
+        try:
+            return stores.free_bytes(self.spool_dir) >= SPOOL_RESERVE
+        except OSError:
+            return True  # not there yet: makedirs will say
 
 
 def _close(stream: Optional[object]) -> None:

@@ -16,7 +16,6 @@ import shutil
 import struct
 import tarfile
 import threading
-import time
 import xml.etree.ElementTree as ElementTree
 import zlib
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Optional, Protocol
 
 from . import runner
 from .errors import CommandFailed, ImageFormatError
+from .progress import Progress
 
 LOG = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ CHUNK_SIZE = 1 << 20
 HEAD_SIZE = 512  # enough for every header we read
 DEFAULT_MAX_IMAGE_SIZE = 64 << 30  # a system VM image is a few GiB; more is a bomb
 PARALLEL_BZIP2_MIN = 4 << 20  # smaller files decode faster in-process than via lbzip2
-PROGRESS_SECONDS = 10.0
 _OVF_MAX = 16 << 20
 
 _QCOW2_MAGIC = b"QFI\xfb"
@@ -68,8 +67,10 @@ class ImageInfo:
 
 
 def read(path: str, image_format: str, hashers: list, sinks: list[Sink],
-         max_size: int = DEFAULT_MAX_IMAGE_SIZE, chunk_size: int = CHUNK_SIZE) -> ImageInfo:
-    """Read `path` once: hash it, decode it, check it is `image_format`, feed every sink.
+         max_size: int = DEFAULT_MAX_IMAGE_SIZE, chunk_size: int = CHUNK_SIZE,
+         progress: Optional[Progress] = None) -> ImageInfo:
+    """Read `path` once: hash it, decode it, check it is `image_format`, feed every sink;
+    `progress` hears of every source byte read.
 
     :raises ImageFormatError: naming the file and the problem (bad compression, truncated
         stream, wrong format, unsafe archive member, image too large).
@@ -81,17 +82,14 @@ def read(path: str, image_format: str, hashers: list, sinks: list[Sink],
             raise ImageFormatError(f"{path}: {compression} compression is not supported.",
                                    "Use a bzip2, gzip or zip file, or an uncompressed image.")
         inspector = _Inspector(path, image_format, sinks, max_size)
+        source = _Source(stream, first, hashers, progress, chunk_size)
         tool = _parallel_bzip2() if compression == "bzip2" else None
         if tool and os.fstat(stream.fileno()).st_size >= PARALLEL_BZIP2_MIN:
-            _through_tool(tool, stream, first, hashers, inspector, path, chunk_size)
+            _through_tool(tool, source, inspector, path, chunk_size)
         else:
             decoder = _decoder(compression, path)
-            chunk = first
-            while chunk:
-                for hasher in hashers:
-                    hasher.update(chunk)
+            for chunk in source:
                 inspector.feed(decoder.feed(chunk))
-                chunk = stream.read(chunk_size)
             decoder.finish()
     return inspector.finish(compression)
 
@@ -102,8 +100,30 @@ def _parallel_bzip2() -> Optional[str]:
     return shutil.which("lbzip2")
 
 
-def _through_tool(tool: str, stream, first: bytes, hashers: list, inspector: _Inspector,
-                  path: str, chunk_size: int) -> None:
+class _Source:
+    """The file's chunks, each hashed and counted as it goes by."""
+
+    def __init__(self, stream, first: bytes, hashers: list, progress: Optional[Progress],
+                 chunk_size: int):
+        self.stream = stream
+        self.first = first
+        self.hashers = hashers
+        self.progress = progress
+        self.chunk_size = chunk_size
+
+    def __iter__(self):
+        chunk = self.first
+        while chunk:
+            for hasher in self.hashers:
+                hasher.update(chunk)
+            if self.progress:
+                self.progress.advance(len(chunk))
+            yield chunk
+            chunk = self.stream.read(self.chunk_size)
+
+
+def _through_tool(tool: str, source: _Source, inspector: _Inspector, path: str,
+                  chunk_size: int) -> None:
     """Decode through lbzip2: a thread reads the file once, hashing it, into the tool's stdin;
     this thread takes the tool's output to the sinks."""
     process = runner.Filter([tool, "-d", "-c", "-n", str(max(1, os.cpu_count() or 1))])
@@ -111,12 +131,8 @@ def _through_tool(tool: str, stream, first: bytes, hashers: list, inspector: _In
 
     def feed() -> None:
         try:
-            chunk = first
-            while chunk:
-                for hasher in hashers:
-                    hasher.update(chunk)
+            for chunk in source:
                 process.stdin.write(chunk)
-                chunk = stream.read(chunk_size)
         except BrokenPipeError:
             pass  # the tool stopped early; its exit status says why
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
@@ -342,13 +358,11 @@ class _Inspector:
         self.tail = b""
         self.checked = False
         self.ova = _OvaReader(path, sinks) if image_format == "OVA" else None
-        self.started = self.reported = time.monotonic()
 
     def feed(self, data: bytes) -> None:
         if not data:
             return
         self.size += len(data)
-        self._report_progress()
         if self.size > self.max_size:
             raise ImageFormatError(f"{self.path} expands to more than {self.max_size} bytes; "
                                    "refusing it.", "Raise --max-image-size if it is genuine.")
@@ -362,14 +376,6 @@ class _Inspector:
             self.ova.feed(data)
         for sink in self.sinks:
             sink.write(data)
-
-    def _report_progress(self) -> None:
-        # Package hooks have no terminal: a line every so often shows the copy is alive.
-        now = time.monotonic()
-        if now - self.reported >= PROGRESS_SECONDS:
-            self.reported = now
-            LOG.info("%s: %d MiB written to each store (%.0f MiB/s)", self.path,
-                     self.size >> 20, (self.size >> 20) / max(now - self.started, 1e-3))
 
     def _check_head(self) -> None:
         self.checked = True

@@ -497,13 +497,71 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+# -- decoders (issue 6 item 2: measure and pick) ------------------------------------------
+
+DECODE = """
+import bz2, os, subprocess, sys, time
+which, path = sys.argv[1], sys.argv[2]
+cores = str(len(os.sched_getaffinity(0)))
+started, size = time.monotonic(), 0
+if which == "lbzip2":
+    tool = subprocess.Popen(["lbzip2", "-d", "-c", "-n", cores, path], stdout=subprocess.PIPE)
+    for chunk in iter(lambda: tool.stdout.read(1 << 20), b""):
+        size += len(chunk)
+    assert tool.wait() == 0
+elif which == "indexed_bzip2":
+    import indexed_bzip2
+    with indexed_bzip2.open(path, parallelization=int(cores)) as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            size += len(chunk)
+else:
+    engine = bz2.BZ2Decompressor()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            size += len(engine.decompress(chunk))
+print(size, time.monotonic() - started)
+"""
+
+
+def decoder_speeds(image: Image, repeat: int) -> Dict[str, Optional[float]]:
+    """MiB/s of decompressed output for each bzip2 decoder the tool could use, medians over
+    `repeat` alternating runs on the bundled file (in the page cache); None: not installed."""
+    python = str(REPO / ".venv" / "bin" / "python")
+    available = {
+        "lbzip2": shutil.which("lbzip2") is not None,
+        "indexed_bzip2": subprocess.run([python, "-c", "import indexed_bzip2"],
+                                        check=False).returncode == 0,
+        "bz2 (Python)": True,
+    }
+    samples: Dict[str, List[float]] = {name: [] for name, ok in available.items() if ok}
+    for _ in range(repeat):
+        for name in samples:
+            out = run([python, "-c", DECODE, name.split()[0], image.bundle],
+                      capture_output=True, text=True).stdout.split()
+            size, seconds = int(out[0]), float(out[1])
+            if size != image.qcow2_bytes:
+                raise RuntimeError(f"{name} decoded {size} bytes, expected {image.qcow2_bytes}")
+            samples[name].append(size / MIB / seconds)
+    return {name: statistics.median(samples[name]) if ok else None
+            for name, ok in available.items()}
+
+
+def _print_decoders(speeds: Dict[str, Optional[float]]) -> None:
+    print("bzip2 decoders on the timed image (decompressed MiB/s, median; what the tool "
+          "picks: lbzip2 when installed, else Python's bz2):")
+    for name, speed in speeds.items():
+        shown = f"{speed:7.1f} MiB/s" if speed else "  not installed (pip install indexed_bzip2)"
+        print(f"  {name:<16}{shown}")
+    print()
+
+
 def mb(kib: int) -> float:
     return kib * 1024 / 1e6
 
 
 def print_report(args, image: Image, trials: Trials, reads: Optional[dict],
                  rss: Optional[ToolRun], rss_image: Optional[Image], noop: tuple,
-                 elapsed: tuple) -> None:
+                 speeds: Dict[str, Optional[float]], elapsed: tuple) -> None:
     cores = len(os.sched_getaffinity(0))
     lbzip2 = shutil.which("lbzip2") or "not installed"
     print("\n" + "=" * 96)
@@ -528,6 +586,7 @@ def print_report(args, image: Image, trials: Trials, reads: Optional[dict],
         base = " ".join(f"{s:.2f}" for s in trials.baseline[count])
         print(f"  samples, {count} store(s): ours {ours} | baseline {base}")
     print()
+    _print_decoders(speeds)
     _print_reads(image, trials, reads)
     _print_rss(trials, rss, rss_image)
     first, reruns, actions = noop
@@ -643,7 +702,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         noop = noop_rerun(bed, small, max(3, args.repeat))
     finally:
         bed.close()
-    print_report(args, image, trials, reads, rss, rss_image, noop,
+    speeds = decoder_speeds(image, args.repeat)
+    print_report(args, image, trials, reads, rss, rss_image, noop, speeds,
                  (built, time.monotonic() - started))
     print(FOOTNOTES.rstrip())
     return 0

@@ -432,6 +432,44 @@ def _server_stopped_mid_copy(world, nfs, big_bundle, options: str, args: tuple =
         len(leftover_stage))
 
 
+def test_a_paused_server_holds_back_its_own_store_only(world, nfs, big_bundle):
+    """Freeze B's ganesha (SIGSTOP) as the copy reaches B, on a default hard mount: B's
+    writes wait, yet A's copy is read, written, published and Ready while B is frozen. When
+    B resumes, its backlog (spilled to local disk, not held in memory) is written, and B
+    ends Ready with the same bytes."""
+    bundle, digest, _ = big_bundle
+    use_bundle(world, bundle)
+    b_server, (kept, kept_dir), (slow, slow_dir) = _two_servers_one_zone(world, nfs)
+    seen: dict = {}
+
+    def pause_until_the_other_is_ready(process):
+        if "paused" not in seen:
+            if stage_files(slow_dir):
+                b_server.pause_nfs()
+                seen["paused"] = time.monotonic()
+            return False
+        time.sleep(0.05)
+        waited = time.monotonic() - seen["paused"]
+        ready = world.rows("template_store_ref", "store_id = %s AND state = 'Ready'", (kept,))
+        if ready or waited > 30 or process.poll() is not None:
+            seen["kept ready after"] = round(waited, 1) if ready else None
+            seen["where"] = "" if ready else process_diagnostics(process.pid)
+            b_server.resume_nfs()
+            return True
+        return False
+
+    run = run_tool(world, nfs, nfs.mount_command(), on_running=pause_until_the_other_is_ready,
+                   deadline=90)
+    MEASURED["store A Ready while B's server was frozen, after"] = f"{seen['kept ready after']}s"
+    assert seen["kept ready after"] is not None, (
+        f"store {kept} was not Ready 30 s after store {slow}'s server froze; the tool was "
+        f"at:\n{seen['where']}\n--- tool stderr:\n{run.err}")
+    assert run.code == 0, f"{run.err}\n{run.diagnostics}\n{nfs.logs(1500)}"
+    assert_seeded(world, kept, kept_dir, digest)
+    assert_seeded(world, slow, slow_dir, digest)
+    assert_clean(world, nfs)
+
+
 def test_server_stopped_mid_copy_on_a_soft_mount_fails_that_store_only(world, nfs,
                                                                       big_bundle):
     """Mount options `soft,timeo=5,retrans=1` (an operator's choice): the dead server's

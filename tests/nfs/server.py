@@ -240,6 +240,14 @@ class NfsServer:
             stop_process(self.ganesha, timeout, signal.SIGKILL if kill else signal.SIGTERM)
             self.ganesha = None
 
+    def pause_nfs(self) -> None:
+        """Freeze ganesha (SIGSTOP): a server that stops answering for a while, then
+        resume_nfs() goes on where it was, as an overloaded filer does."""
+        os.kill(self.ganesha.pid, signal.SIGSTOP)
+
+    def resume_nfs(self) -> None:
+        os.kill(self.ganesha.pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stop ganesha, rpcbind and the namespace holder; safe to call twice."""
         errors = []

@@ -37,10 +37,11 @@ from cloudstack_sysvm_seed import __version__
 UNIT = "usr/lib/systemd/system/cloudstack-sysvm-seed.service"
 WANTS = "usr/lib/systemd/system/cloudstack-management.service.wants/cloudstack-sysvm-seed.service"
 DEPENDS = ["python3 (>= 3.9)", "python3-pymysql", "python3-sh (>= 1.14)", "python3-requests",
-           "python3-tenacity", "python3-cryptography"]
+           "python3-tenacity", "python3-cryptography", "python3-tqdm"]
 # The Python distribution behind each Debian dependency, to say what the host provides.
 DIST_OF_DEB = {"python3-pymysql": "PyMySQL", "python3-sh": "sh", "python3-requests": "requests",
-               "python3-tenacity": "tenacity", "python3-cryptography": "cryptography"}
+               "python3-tenacity": "tenacity", "python3-cryptography": "cryptography",
+               "python3-tqdm": "tqdm"}
 
 
 def field(deb: Path, name: str) -> str:

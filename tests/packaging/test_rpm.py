@@ -57,7 +57,7 @@ def test_requires(rpm_package):
                 if not r.startswith(("rpmlib(", "/bin/"))}
     assert requires == {"python3 >= 3.9", "python3dist(pymysql)", "python3dist(sh) >= 1.14",
                         "python3dist(requests)", "python3dist(tenacity)",
-                        "python3dist(cryptography)"}
+                        "python3dist(cryptography)", "python3dist(tqdm)"}
 
 
 def test_triggers_call_the_hook_and_never_fail(rpm_package):

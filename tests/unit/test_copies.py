@@ -1,6 +1,7 @@
 """The per-store writer thread: real files, and one blocking stream standing in for a dead
 NFS server (a write that never returns)."""
 
+import tempfile
 import threading
 import time
 
@@ -9,6 +10,12 @@ from cloudstack_sysvm_seed.catalog import Store, Zone
 
 STEP = plan.Step("seed", Zone(1, "u", "east"), Store(7, "u", "s", 1, "nfs://h/e", "nfs", "NFS",
                                                      False), "kvm", "x86_64")
+
+
+def opened(writer):
+    """The writer, once its thread has checked the store and opened the stage."""
+    assert writer.started.wait(5) and writer.error == "", writer.error
+    return writer
 
 
 def test_a_copy_is_written_synced_and_closed(tmp_path):
@@ -44,11 +51,12 @@ class Blocking:
 
 
 def test_a_stalled_store_is_abandoned_and_named(tmp_path):
-    writer = copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=0.3)
+    writer = opened(copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=0.3,
+                                       spool_dir=str(tmp_path / "spool")))
     writer.stream.close()
     writer.stream = Blocking()
     started = time.monotonic()
-    for _ in range(copies.QUEUE_CHUNKS + 5):
+    for _ in range(copies.MEMORY_CHUNKS + 5):
         writer.write(b"x")
     writer.finish()
     assert 0.3 <= time.monotonic() - started < 3
@@ -59,8 +67,133 @@ def test_a_stalled_store_is_abandoned_and_named(tmp_path):
     writer.stream.release.set()
 
 
+def test_without_a_spool_a_stalled_store_stops_the_reader_only_until_the_timeout(tmp_path):
+    writer = opened(copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=0.3))
+    writer.stream.close()
+    writer.stream = Blocking()
+    for _ in range(copies.MEMORY_CHUNKS + 5):
+        writer.write(b"x")  # the first write past the memory bound waits 0.3 s, then stalls
+    assert writer.stalled and writer.settled()
+    writer.stream.release.set()
+
+
+class Gated:
+    """A real file whose writes wait for a gate: a store slower than the reader."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.gate = threading.Event()
+        self.closed = False
+
+    def write(self, data):
+        self.gate.wait()
+        return self.stream.write(data)
+
+    def fileno(self):
+        return self.stream.fileno()
+
+    def flush(self):
+        self.stream.flush()
+
+    def close(self):
+        self.closed = True
+        self.stream.close()
+
+
+def gated_writer(tmp_path, name="a.qcow2", spool="spool"):
+    tmp_path.mkdir(exist_ok=True)
+    writer = opened(copies.CopyWriter(STEP, str(tmp_path), name, stall_timeout=30,
+                                       spool_dir=str(tmp_path / spool)))
+    writer.stream = Gated(writer.stream)
+    return writer
+
+
+def test_a_slow_store_never_holds_the_reader_back_and_gets_every_byte_in_order(tmp_path):
+    writer = gated_writer(tmp_path)
+    chunks = [bytes([n]) * 1000 for n in range(copies.MEMORY_CHUNKS * 4)]
+    writer.write(chunks[0])
+    while writer.busy_since is None:  # the writer holds the first chunk, at the gate
+        time.sleep(0.01)
+    for chunk in chunks[1:]:
+        writer.write(chunk)  # returns at once: the store has written nothing yet
+    assert writer.backlog.in_memory == copies.MEMORY_CHUNKS
+    assert writer.backlog.spool_end == 1000 * (len(chunks) - copies.MEMORY_CHUNKS - 1)
+    writer.stream.gate.set()
+    writer.finish()
+    assert writer.error == ""
+    (image,) = (tmp_path / ".cloudstack-sysvm-seed" / "stage").glob("*/a.qcow2")
+    assert image.read_bytes() == b"".join(chunks)
+    assert writer.backlog.spool is None  # closed: the unlinked spool file is gone
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_the_backlog_keeps_members_and_data_in_order_across_the_spill():
+    backlog = copies.Backlog(None)
+    spooled = copies.Backlog(tempfile.gettempdir())
+    operations = [("image", b"a"), ("open", "disk.vmdk")] + [
+        ("member", bytes([n])) for n in range(copies.MEMORY_CHUNKS * 3)] + [
+        ("close", None), ("image", b"z"), ("finish", None)]
+    for kind, data in operations:
+        assert spooled.put(kind, data)
+    assert [spooled.get() for _ in operations] == operations
+    assert spooled.spool_end == 0  # caught up: the spool was truncated
+    spooled.close()
+    for _ in range(copies.MEMORY_CHUNKS):
+        assert backlog.put("member", b"m")
+    assert not backlog.put("member", b"!", timeout=0.05)  # no spool: full means wait
+
+
+def test_no_spill_when_the_spool_disk_is_short(tmp_path, monkeypatch):
+    monkeypatch.setattr(copies, "SPOOL_RESERVE", 1 << 62)
+    backlog = copies.Backlog(str(tmp_path))
+    for _ in range(copies.MEMORY_CHUNKS):
+        assert backlog.put("image", b"x")
+    assert not backlog.put("image", b"x", timeout=0.05)
+    assert backlog.spool is None
+
+
+def test_copies_are_settled_soonest_first(tmp_path):
+    slow = gated_writer(tmp_path / "slow")
+    fast = gated_writer(tmp_path / "fast")
+    fast.stream.gate.set()
+    for writer in (slow, fast):
+        writer.write(b"data")
+        writer.end()
+    fast.finished.wait(5)
+    assert list(copies.as_finished([slow, fast], wait=False)) == [fast]
+    slow.stream.gate.set()
+    assert list(copies.as_finished([slow])) == [slow]
+    assert slow.error == fast.error == ""
+
+
 def test_a_failure_removes_the_stage(tmp_path):
-    writer = copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=5)
+    writer = opened(copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=5))
     writer.write(b"x" * 100)
     writer.fail("checksum mismatch")
     assert writer.error == "checksum mismatch" and list(tmp_path.iterdir()) == []
+
+
+def test_a_store_without_room_is_named_when_checked_and_gets_no_stage(tmp_path):
+    full = copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", needed=1 << 60)
+    copies.wait_started([full])
+    assert full.error.startswith("store 7 (nfs://h/e) has ") and "needs about" in full.error
+    assert full.stage is None and list(tmp_path.iterdir()) == []
+
+
+def test_the_pass_waits_for_a_store_slow_to_answer_only_the_grace_period(tmp_path,
+                                                                        monkeypatch):
+    answer = threading.Event()
+    check = copies.stores.check_writable
+    monkeypatch.setattr(copies.stores, "check_writable",
+                        lambda root, label: answer.wait() and check(root, label))
+    writer = copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=30)
+    started_at = time.monotonic()
+    copies.wait_started([writer], timeout=0.2)
+    assert time.monotonic() - started_at >= 0.2
+    assert not writer.started.is_set() and writer.error == ""
+    writer.write(b"early")  # kept until the store answers
+    answer.set()
+    writer.finish()
+    assert writer.error == ""
+    (image,) = (tmp_path / ".cloudstack-sysvm-seed" / "stage").glob("*/a.qcow2")
+    assert image.read_bytes() == b"early"

@@ -288,3 +288,22 @@ def test_lbzip2_refuses_damaged_files(tmp_path, through_lbzip2, damage):
 def test_lbzip2_wrong_format_stops_early(tmp_path, through_lbzip2):
     with pytest.raises(ImageFormatError, match="holds vhd data"):
         read(tmp_path, bz2.compress(DYNAMIC_VHD + b"\0" * (8 << 20)), "QCOW2")
+
+
+class Counter:
+    """A Progress that adds up what it hears."""
+
+    def __init__(self):
+        self.count = 0
+
+    def advance(self, count):
+        self.count += count
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["in-process", "lbzip2"])
+def test_progress_hears_every_source_byte_once(tmp_path, monkeypatch, parallel):
+    monkeypatch.setattr(images, "PARALLEL_BZIP2_MIN", 0 if parallel else 1 << 62)
+    data = bz2.compress(QCOW2)
+    counter = Counter()
+    read(tmp_path, data, chunk_size=999, progress=counter)
+    assert counter.count == len(data)
