@@ -241,7 +241,7 @@ def _verify(work_run: _WorkRun, hasher, path: str, info: images.ImageInfo) -> No
         work_run.fail_seeding(str(exc))
         return
     work_run.info = info
-    for writer in work_run.writers:
+    for writer in work_run.unsettled():
         writer.end()
 
 

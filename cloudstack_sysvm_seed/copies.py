@@ -145,6 +145,9 @@ class CopyWriter:
                 if not self.error:  # after an error, only drain
                     self._attempt(kind, data)
                 if kind == "finish":
+                    if self.backlog.spilled:
+                        LOG.info("Store %d lagged behind the source: %d MiB waited on local "
+                                 "disk", self.step.store.id, self.backlog.spilled >> 20)
                     self.backlog.close()
                     self.finished.set()
                     _notify_settled()
@@ -259,6 +262,7 @@ class Backlog:
         self.pending = 0  # bytes not yet handed to the writer
         self.spool = None  # an unlinked file, opened on the first spill
         self.spool_end = 0
+        self.spilled = 0  # bytes that went through the spool, in all
         self.room_checked_at = -1  # spool_end when free space was last checked
         self.changed = threading.Condition()
 
@@ -322,6 +326,7 @@ class Backlog:
             return False
         self.items.append((kind, _Spooled(self.spool_end, len(data))))
         self.spool_end += len(data)
+        self.spilled += len(data)
         self.pending += len(data)
         self.changed.notify_all()
         return True

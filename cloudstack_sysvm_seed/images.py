@@ -371,7 +371,7 @@ class _Inspector:
             if len(self.head) >= HEAD_SIZE:
                 # Refuse a wrong image before writing gigabytes of it.
                 self._check_head()
-        self.tail = (self.tail + data)[-HEAD_SIZE:]
+        self.tail = (self.tail + data[-HEAD_SIZE:])[-HEAD_SIZE:]
         if self.ova:
             self.ova.feed(data)
         for sink in self.sinks:
