@@ -180,8 +180,8 @@ def _seed_group(group: list[_WorkRun], context: Context) -> None:
         if not writers:
             return
         LOG.info("Copying %s to %d store(s)", path, len(writers))
-        shown = progress.start(f"{os.path.basename(path)} to {len(writers)} store(s)",
-                               os.path.getsize(path))
+        labels = "+".join(work_run.work.spec.label for work_run in group)
+        shown = progress.start(f"{labels} to {len(writers)} store(s)", os.path.getsize(path))
         try:
             info = images.read(path, spec.hypervisor.image_format, list(hashers.values()),
                                writers, context.max_image_size, progress=shown)
