@@ -197,3 +197,14 @@ def test_the_pass_waits_for_a_store_slow_to_answer_only_the_grace_period(tmp_pat
     assert writer.error == ""
     (image,) = (tmp_path / ".cloudstack-sysvm-seed" / "stage").glob("*/a.qcow2")
     assert image.read_bytes() == b"early"
+
+
+def test_a_spool_that_cannot_be_made_means_waiting_not_failing(tmp_path, caplog):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    backlog = copies.Backlog(str(not_a_directory / "spool"))
+    for _ in range(copies.MEMORY_CHUNKS):
+        assert backlog.put("image", b"x")
+    assert not backlog.put("image", b"x", timeout=0.05)  # waited for room, found none
+    assert "Cannot spill a store's backlog to" in caplog.text
+    assert [backlog.get() for _ in range(copies.MEMORY_CHUNKS)] == [("image", b"x")] * 8
