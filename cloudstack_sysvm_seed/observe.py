@@ -56,6 +56,7 @@ class Observation(contextlib.ExitStack):
     def probe(self, metadata: Metadata, targets: list[plan.Target], templates_dir: str,
               downloads: sources.DownloadSettings) -> None:
         """Mount each target store once, see what it holds, and find each spec's source."""
+        stores.reap_leftovers(self.mount_settings.runtime_dir)
         mount_errors: dict[int, str] = {}
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mount") as pool:
             for store, error in pool.map(self._mount, _unique_stores(targets)):

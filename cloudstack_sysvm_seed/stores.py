@@ -29,6 +29,7 @@ WORK_DIR = ".cloudstack-sysvm-seed"
 UMOUNT_ATTEMPTS = 3
 _MNT_DETACH = 2  # <sys/mount.h>
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_LEFTOVER = re.compile(r"sysvm-seed-(\d+)-")  # a run's mountpoint: sysvm-seed-<pid>-<store>-
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def mounted(url: str, settings: MountSettings, label: str,
         nfs = parse_url(url)
     except ValueError as exc:
         raise MountFailed(f"Cannot mount {label}: {exc}.") from None
-    prefix = "sysvm-seed-" + re.sub(r"[^A-Za-z0-9_.-]", "", label) + "-"
+    # The pid in the name lets a later run tell a killed run's mount from a live one's.
+    prefix = f"sysvm-seed-{os.getpid()}-" + re.sub(r"[^A-Za-z0-9_.-]", "", label) + "-"
     mountpoint = tempfile.mkdtemp(prefix=prefix, dir=settings.runtime_dir)
     try:
         _mount(nfs, mountpoint, settings, label, settings.nfs_version or nfs_version)
@@ -155,7 +157,7 @@ def _unmount_and_remove(mountpoint: str, settings: MountSettings, lazy: bool) ->
         LOG.warning("Cannot remove mountpoint %s: %s", mountpoint, exc)
 
 
-def _detach(mountpoint: str) -> None:
+def _detach(mountpoint: str, why: str = "a store stopped answering") -> bool:
     """Lazily detach a mount with the umount2 system call, starting no process.
 
     After a store stalls, a thread of ours is stuck in write(2) with a file open on it. A
@@ -166,8 +168,41 @@ def _detach(mountpoint: str) -> None:
     if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) != 0:
         error = ctypes.get_errno()
         LOG.error("Cannot detach %s: %s", mountpoint, os.strerror(error))
-    else:
-        LOG.warning("Detached %s lazily (a store stopped answering)", mountpoint)
+        return False
+    LOG.warning("Detached %s lazily (%s)", mountpoint, why)
+    return True
+
+
+def reap_leftovers(runtime_dir: str) -> int:
+    """Detach and remove the mountpoints that killed runs left in `runtime_dir` (SIGKILL
+    and power loss skip every cleanup); returns how many. A mountpoint carries its run's
+    pid: one whose process is gone is an orphan; one whose pid lives (even reused) is left.
+    """
+    reaped = 0
+    for name in os.listdir(runtime_dir):
+        match = _LEFTOVER.match(name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        path = os.path.join(runtime_dir, name)
+        why = f"left by run {match.group(1)}, which was killed"
+        while is_mounted(path) and _detach(path, why):
+            pass  # stacked mounts come off one at a time
+        try:
+            os.rmdir(path)  # never a recursive delete: what is left there is not ours
+            reaped += 1
+        except OSError as exc:
+            LOG.warning("Cannot remove %s (%s): %s", path, why, exc.strerror)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    return True
 
 
 def is_mounted(path: str) -> bool:

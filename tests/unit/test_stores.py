@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 
@@ -95,3 +96,23 @@ def test_stage_discard_leaves_nothing(tmp_path):
         f.write(b"image")
     stage.discard()
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_reap_leftovers_removes_only_what_dead_runs_left(tmp_path, caplog):
+    dead = _dead_pid()
+    (tmp_path / f"sysvm-seed-{dead}-store1-abc").mkdir()  # killed before or after mounting
+    (tmp_path / f"sysvm-seed-{dead}-store2-def").mkdir()
+    (tmp_path / f"sysvm-seed-{dead}-store2-def" / "not-ours").write_text("x")
+    (tmp_path / f"sysvm-seed-{os.getpid()}-store3-ghi").mkdir()  # a live run's
+    (tmp_path / "sysvm-seed-unrelated").mkdir()
+    assert stores.reap_leftovers(str(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted([
+        f"sysvm-seed-{dead}-store2-def", f"sysvm-seed-{os.getpid()}-store3-ghi",
+        "sysvm-seed-unrelated"])
+    assert f"Cannot remove {tmp_path}/sysvm-seed-{dead}-store2-def" in caplog.text
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
