@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import sh
-
 from .errors import CommandFailed
 
 LOG = logging.getLogger(__name__)
@@ -25,11 +23,6 @@ _PACKAGE_HINTS = {
     "umount": "install util-linux",
     "qemu-img": "install qemu-utils (Debian/Ubuntu) or qemu-img (EL)",
 }
-
-
-# sh 2 returns the output string unless asked for the command object; sh 1 (Debian 12's
-# python3-sh 1.14) always returns the object and would pass the unknown option to the program.
-_RETURN_COMMAND = {"_return_cmd": True} if int(sh.__version__.split(".")[0]) >= 2 else {}
 
 
 @dataclass(frozen=True)
@@ -57,26 +50,25 @@ def run(
     LOG.debug("Running: %s", " ".join(shown))
     started = time.monotonic()
     try:
-        command = sh.Command(argv[0])
-    except sh.CommandNotFound:
+        # On a timeout or an interrupt, run() kills the process and reaps it.
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, env=dict(os.environ, LC_ALL="C"), check=False)
+    except FileNotFoundError:
         hint = _PACKAGE_HINTS.get(os.path.basename(argv[0]), "check the PATH")
         raise CommandFailed(shown, "program not found", hint.capitalize() + ".") from None
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        done = command(*argv[1:], _timeout=timeout, _ok_code=list(ok_codes), _env=env,
-                       _in=None, **_RETURN_COMMAND)
-    except sh.TimeoutException:
+    except OSError as exc:  # not executable, say
+        raise CommandFailed(shown, f"cannot start: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
         raise CommandFailed(shown, f"timed out after {timeout:g}s") from None
-    except sh.ErrorReturnCode as exc:
-        seconds = time.monotonic() - started
-        LOG.debug("Command %s exited %d in %.2fs", shown[0], exc.exit_code, seconds)
-        detail = _tail(_text(exc.stderr) or _text(exc.stdout))
-        raise CommandFailed(
-            shown, f"exit code {exc.exit_code}" + (f": {detail}" if detail else "")
-        ) from None
     seconds = time.monotonic() - started
-    LOG.debug("Command %s exited %d in %.2fs", shown[0], done.exit_code, seconds)
-    return Result(done.exit_code, _text(done.stdout), _text(done.stderr), seconds)
+    LOG.debug("Command %s exited %d in %.2fs", shown[0], done.returncode, seconds)
+    stdout, stderr = _text(done.stdout), _text(done.stderr)
+    if done.returncode not in tuple(ok_codes):
+        detail = _tail(stderr or stdout)
+        raise CommandFailed(
+            shown, f"exit code {done.returncode}" + (f": {detail}" if detail else "")
+        )
+    return Result(done.returncode, stdout, stderr, seconds)
 
 
 def masked(argv: Sequence[str], secrets: Iterable[str]) -> list[str]:

@@ -55,7 +55,7 @@ def test_name_version_arch(rpm_package):
 def test_requires(rpm_package):
     requires = {r.strip() for r in query(rpm_package, "--requires").splitlines()
                 if not r.startswith(("rpmlib(", "/bin/"))}
-    assert requires == {"python3 >= 3.9", "python3dist(pymysql)", "python3dist(sh) >= 1.14",
+    assert requires == {"python3 >= 3.9", "python3dist(pymysql)",
                         "python3dist(requests)", "python3dist(tenacity)",
                         "python3dist(cryptography)", "python3dist(tqdm)"}
 

@@ -40,3 +40,11 @@ def test_no_shell_interpretation(tmp_path):
     marker = tmp_path / "pwned"
     result = runner.run(["echo", f"; touch {marker}"], timeout=5)
     assert result.stdout.strip() == f"; touch {marker}" and not marker.exists()
+
+
+def test_a_program_that_cannot_start_is_named(tmp_path):
+    script = tmp_path / "mount-helper"
+    script.write_text("#!/bin/sh\necho never\n")  # not executable
+    with pytest.raises(CommandFailed, match="cannot start: Permission denied") as info:
+        runner.run([str(script)], timeout=5)
+    assert str(script) in str(info.value)
