@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,15 +95,29 @@ class World:
         netloc = f"{host}:{port}" if port else host
         return self.builder.store(zone_id, f"nfs://{netloc}{path}", **kw), export
 
-    def run(self, *args, mount_command=None) -> Run:
-        self.capsys.readouterr()
-        code = cli.main([
+    def argv(self, *args, mount_command=None) -> list:
+        """The CLI's arguments for this world, then `args`."""
+        return [
             "--db-properties", str(self.cloud.db_properties),
             "--templates-dir", str(self.templates),
             "--mount-command", mount_command or self.mount_command,
             *args,
             "--cache-dir", str(self.runtime.parent / "cache"),
-        ])
+        ]
+
+    def command(self, *args, mount_command=None) -> list:
+        """The CLI as a process of its own (see `env`), for runs to watch, stop or trace."""
+        return [sys.executable, "-m", "cloudstack_sysvm_seed",
+                *self.argv(*args, mount_command=mount_command)]
+
+    @property
+    def env(self) -> dict:
+        """The environment for `command`: private mountpoints under `runtime`, as in-process."""
+        return dict(os.environ, TMPDIR=str(self.runtime))
+
+    def run(self, *args, mount_command=None) -> Run:
+        self.capsys.readouterr()
+        code = cli.main(self.argv(*args, mount_command=mount_command))
         captured = self.capsys.readouterr()
         return Run(code, captured.out, captured.err)
 

@@ -8,7 +8,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -36,12 +35,8 @@ def test_a_killed_run_converges_on_rerun(world, stores_root, slow_bundle, phase,
     exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]
     world.use_bundle(slow_bundle)
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cloudstack_sysvm_seed",
-         "--db-properties", str(world.cloud.db_properties),
-         "--templates-dir", str(world.templates), "--mount-command", world.mount_command],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TMPDIR=str(world.runtime)))
+    process = subprocess.Popen(world.command(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=world.env)
     if phase == "mounted":
         wait_for(lambda: any(str(world.runtime) in p for p in mounts.mountinfo_points())
                  or process.poll() is not None)

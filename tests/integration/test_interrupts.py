@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -28,13 +27,8 @@ def test_interrupt_during_copy_undoes_everything(world, stores_root, slow_bundle
     world.use_bundle(slow_bundle)
     templates_before = world.rows("vm_template")
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cloudstack_sysvm_seed",
-         "--db-properties", str(world.cloud.db_properties),
-         "--templates-dir", str(world.templates), "--mount-command", world.mount_command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, TMPDIR=str(world.runtime)),
-    )
+    process = subprocess.Popen(world.command(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=world.env)
     deadline = time.monotonic() + 60
     while not stage_files(exports):
         assert process.poll() is None, process.communicate()

@@ -168,14 +168,10 @@ def run_tool(world, lab: NfsLab, mount_command: str, on_running=None,
              deadline: float = HUNG_AFTER, args: tuple = ()) -> ToolRun:
     """The CLI in its own process (so a hang can be seen, diagnosed and ended).
     `on_running(process)` is polled until it returns True."""
-    argv = [sys.executable, "-m", "cloudstack_sysvm_seed",
-            "--db-properties", str(world.cloud.db_properties),
-            "--templates-dir", str(world.templates),
-            "--mount-command", mount_command,
-            "--cache-dir", str(world.runtime.parent / "cache"), "--json", *args]
+    argv = world.command("--json", *args, mount_command=mount_command)
     started = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, TMPDIR=str(world.runtime)), cwd=REPO)
+                               env=world.env, cwd=REPO)
     try:
         while on_running is not None and not on_running(process):
             if process.poll() is not None:

@@ -7,7 +7,6 @@ import fcntl
 import os
 import pty
 import struct
-import sys
 import termios
 import time
 
@@ -40,11 +39,7 @@ def test_a_terminal_gets_a_bar_per_source_and_whole_log_lines(world, slow_bundle
     world.nfs_store(zone, "10.1.0.1", "/export/s1")
     world.nfs_store(zone, "10.1.0.2", "/export/s2")
     world.use_bundle(slow_bundle)
-    argv = [sys.executable, "-m", "cloudstack_sysvm_seed",
-            "--db-properties", str(world.cloud.db_properties),
-            "--templates-dir", str(world.templates), "--mount-command", world.mount_command,
-            "--cache-dir", str(world.runtime.parent / "cache")]
-    code, shown = run_in_terminal(argv, dict(os.environ, TMPDIR=str(world.runtime)))
+    code, shown = run_in_terminal(world.command(), world.env)
     assert code == 0, shown
     frames = [frame for line in shown.split("\n") for frame in line.split("\r")]
     bars = [frame for frame in frames if frame.startswith("kvm-x86_64 to 2 store(s):")]

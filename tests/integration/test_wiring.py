@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -122,12 +121,8 @@ def test_concurrent_runs_end_as_one(world, stores_root, count):
     zone, _, _ = one_zone(world)
     for n in (2, 3):
         world.nfs_store(zone, f"10.9.0.{n}", f"/export/s{n}")
-    argv = [sys.executable, "-m", "cloudstack_sysvm_seed", "--db-properties",
-            str(world.cloud.db_properties), "--templates-dir", str(world.templates),
-            "--mount-command", world.mount_command, "--json"]
-    env = dict(os.environ, TMPDIR=str(world.runtime))
-    runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(count)]
+    runs = [subprocess.Popen(world.command("--json"), env=world.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(count)]
     results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in runs]
     assert [code for code, _, _ in results] == [0] * count, [err for _, _, err in results]
     templates = world.rows("vm_template", "type = 'SYSTEM' AND name = %s",
