@@ -166,7 +166,8 @@ def expanded_size_estimate(path: str) -> int:
     """Bytes a source will take on a store, known before reading it: gzip records its size
     (modulo 4 GiB); for bzip2 and zip, system VM images compress to about a quarter."""
     size = os.path.getsize(path)
-    with open(path, "rb") as stream:
+    # Unbuffered: a peek of a few bytes, not a buffer's worth, before the one pass.
+    with open(path, "rb", buffering=0) as stream:
         kind = compression_of(stream.read(8))
         if kind == "gzip":
             stream.seek(-4, os.SEEK_END)

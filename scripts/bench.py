@@ -30,12 +30,12 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "templates"))
 
-from sandbox import cloud, images, mounts  # noqa: E402
+from sandbox import cloud, images, mounts, trace  # noqa: E402
 from sandbox.mariadb import MariaDB  # noqa: E402
 
 MIB = 1 << 20
@@ -421,56 +421,23 @@ def timed_trials(bed: Bed, image: Image, repeat: int) -> Trials:
     return trials
 
 
-_READS = {"read": 0, "pread64": 0, "readv": 0, "preadv": 0, "preadv2": 0,
-          "copy_file_range": 0, "splice": 0, "sendfile": 1}  # which fd argument is read
-_FD = re.compile(r"(\d+)<([^>]*)>")
-_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(-?\d+)")
-
-
 def source_reads(bed: Bed, image: Image, stores: int) -> Optional[dict]:
     """Bytes read from the bundled file by our tool and every process it starts, counted
-    exactly from strace's record of each read-family syscall on that file (one untimed
-    run, since tracing slows it). None when strace is not installed."""
-    if not shutil.which("strace"):
+    exactly by strace (one untimed run, since tracing slows it). None when strace is not
+    installed."""
+    if not trace.available():
         return None
     bed.fresh(1, stores)
     trace_dir = bed.run_dir / "strace"
     shutil.rmtree(trace_dir, ignore_errors=True)
     trace_dir.mkdir()
-    calls = ",".join([*_READS, "mmap"])
-    # -ff: one file per thread, so no call is split into unfinished/resumed halves.
-    prefix = ["strace", "-ff", "-qq", "--seccomp-bpf", "-y", "-s", "0", "-e",
-              f"trace={calls}", "-o", str(trace_dir / "t")]
-    run_ours(bed, image, prefix)
-    totals = _sum_reads(_trace_lines(trace_dir), os.path.realpath(image.bundle))
+    run_ours(bed, image, trace.prefix(trace_dir))
+    reads = trace.reads(trace_dir)
     shutil.rmtree(trace_dir)
-    return totals
-
-
-def _sum_reads(lines: Iterator[str], source: str) -> dict:
-    """Bytes read from the source, from pipes (to and from a decompressor) and from
-    anything else; and whether the source was mmapped, which no read would show."""
-    totals = {"source": 0, "pipes": 0, "other": 0, "mmapped": False}
-    for line in lines:
-        call = _CALL.match(line)
-        if not call:
-            continue
-        name, args, result = call.group(1), call.group(2), int(call.group(3))
-        fds = _FD.findall(args)
-        if name == "mmap":
-            totals["mmapped"] |= any(path == source for _, path in fds)
-        elif len(fds) > _READS[name] and result > 0:
-            path = fds[_READS[name]][1]
-            kind = "source" if path == source else "pipes" if path.startswith("pipe:") \
-                else "other"
-            totals[kind] += result
-    return totals
-
-
-def _trace_lines(trace_dir: Path) -> Iterator[str]:
-    for path in sorted(trace_dir.iterdir()):
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            yield from handle
+    source = reads.of(image.bundle)
+    return {"source": source, "pipes": reads.pipes,
+            "other": sum(reads.by_path.values()) - source - reads.pipes,
+            "mmapped": os.path.realpath(image.bundle) in reads.mapped}
 
 
 def rss_run(bed: Bed, image: Image) -> ToolRun:

@@ -57,6 +57,20 @@ def slow_bundle(tmp_path_factory):
     return bundle
 
 
+ALL_FORMATS_SIZE = 48 << 20
+CLUSTERS = ("KVM", "LXC", "XenServer", "Hyperv", "VMware", "Ovm3")  # one for each image
+
+
+@pytest.fixture(scope="session", params=["dynamic-vhd", "fixed-vhd"])
+def all_bundle(request, tmp_path_factory):
+    """Every hypervisor's image bundled, as upstream packages them (a fixed VHD's size is
+    in its footer only, at the very end)."""
+    directory = tmp_path_factory.mktemp(request.param)
+    meta = images.build_all_bundle(directory, "4.20.0.0", ALL_FORMATS_SIZE,
+                                   fixed_vhd=request.param == "fixed-vhd")
+    return directory, meta
+
+
 class World:
     def __init__(self, cloud, templates: Path, meta, make_export, mount_command, capsys,
                  runtime: Path):

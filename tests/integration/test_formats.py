@@ -13,23 +13,13 @@ import subprocess
 import tarfile
 
 import pytest
-from sandbox import images
+from conftest import CLUSTERS
 
 from cloudstack_sysvm_seed import errors
 
-SIZE = 48 << 20
-CLUSTERS = ("KVM", "LXC", "XenServer", "Hyperv", "VMware", "Ovm3")
 EXTENSION = {"kvm": "qcow2", "lxc": "qcow2", "xenserver": "vhd", "hyperv": "vhd",
              "vmware": "ova", "ovm3": "raw"}
 QEMU_FORMAT = {"qcow2": "qcow2", "vhd": "vpc", "raw": "raw", "vmdk": "vmdk"}
-
-
-@pytest.fixture(scope="session", params=["dynamic-vhd", "fixed-vhd"])
-def all_bundle(request, tmp_path_factory):
-    directory = tmp_path_factory.mktemp(request.param)
-    meta = images.build_all_bundle(directory, "4.20.0.0", SIZE,
-                                   fixed_vhd=request.param == "fixed-vhd")
-    return directory, meta
 
 
 @pytest.fixture
