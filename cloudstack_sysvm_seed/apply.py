@@ -174,8 +174,9 @@ def _seed_group(group: list[_WorkRun], context: Context) -> None:
     hashers = {run_.checksum_text: _hasher(run_.work.spec.checksum) for run_ in group}
     try:
         needed = images.expanded_size_estimate(path)
+        share = copies.memory_share(sum(len(run_.work.seed_steps) for run_ in group))
         for work_run in group:
-            _open_writers(work_run, context, needed)
+            _open_writers(work_run, context, needed, share)
         writers = _writers_still_on(group)
         if not writers:
             return
@@ -207,12 +208,13 @@ def _hasher(expected: Optional[checksum.Checksum]):
     return expected.new_hasher() if expected else checksum.Checksum("SHA-512", "").new_hasher()
 
 
-def _open_writers(work_run: _WorkRun, context: Context, needed: int) -> None:
+def _open_writers(work_run: _WorkRun, context: Context, needed: int,
+                  memory_chunks: int) -> None:
     """A writer per target store; each checks its store (probe file, room) first."""
     for step in work_run.work.seed_steps:
         work_run.writers.append(copies.CopyWriter(
             step, context.roots[step.store.id], work_run.filename, needed,
-            context.stall_timeout, context.downloads.cache_dir))
+            context.stall_timeout, context.downloads.cache_dir, memory_chunks))
 
 
 def _writers_still_on(group: list[_WorkRun]) -> list[copies.CopyWriter]:

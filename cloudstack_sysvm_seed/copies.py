@@ -27,7 +27,8 @@ from .plan import Step
 
 LOG = logging.getLogger(__name__)
 
-MEMORY_CHUNKS = 8  # of up to 1 MiB: what a backlog holds in memory before it spills
+MEMORY_CHUNKS = 8  # of up to 1 MiB: the most a backlog holds in memory before it spills
+PASS_MEMORY_CHUNKS = 32  # about the most the backlogs of one pass hold in memory together
 SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
 DEFAULT_STALL_TIMEOUT = 120.0
 START_GRACE = 5.0  # how long the pass waits for every store to be checked before it begins
@@ -44,7 +45,7 @@ class CopyWriter:
 
     def __init__(self, step: Step, root: str, filename: str, needed: int = 0,
                  stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-                 spool_dir: Optional[str] = None):
+                 spool_dir: Optional[str] = None, memory_chunks: int = MEMORY_CHUNKS):
         self.step = step
         self.root = root
         self.filename = filename
@@ -58,7 +59,7 @@ class CopyWriter:
         self.started = threading.Event()  # the store was checked: stage made, or an error
         self.finished = threading.Event()
         self.busy_since: Optional[float] = None  # when the operation under way began
-        self.backlog = Backlog(spool_dir)
+        self.backlog = Backlog(spool_dir, memory_chunks)
         self.backlog.put("start", None)
         self.thread = threading.Thread(target=self._work, daemon=True,
                                        name=f"store-{step.store.id}")
@@ -197,6 +198,13 @@ class CopyWriter:
         self.stream = self.stage.open_image(self.filename)
 
 
+def memory_share(writers: int) -> int:
+    """Chunks each of a pass's `writers` may hold in memory: MEMORY_CHUNKS, and fewer when
+    many stores share the pass, so that however many lag, memory stays near
+    PASS_MEMORY_CHUNKS (each keeps 2, so that writing one overlaps receiving the next)."""
+    return max(2, min(MEMORY_CHUNKS, PASS_MEMORY_CHUNKS // max(1, writers)))
+
+
 def wait_started(writers: Iterable[CopyWriter], timeout: float = START_GRACE) -> None:
     """Until each writer has checked its store (or `timeout`), so that stores refusing the
     copy are named before the pass, while a store slow to answer does not hold it back."""
@@ -252,11 +260,13 @@ class _Spooled(NamedTuple):
 
 
 class Backlog:
-    """Operations handed to a writer and not yet done, in order: up to MEMORY_CHUNKS of data
-    in memory, the rest in an unlinked file in `spool_dir`, which no crash can leave behind."""
+    """Operations handed to a writer and not yet done, in order: up to `memory_chunks` of
+    data in memory, the rest in an unlinked file in `spool_dir`, which no crash can leave
+    behind."""
 
-    def __init__(self, spool_dir: Optional[str]):
+    def __init__(self, spool_dir: Optional[str], memory_chunks: int = MEMORY_CHUNKS):
         self.spool_dir = spool_dir
+        self.memory_chunks = memory_chunks
         self.items: collections.deque = collections.deque()
         self.in_memory = 0  # data operations held in memory
         self.pending = 0  # bytes not yet handed to the writer
@@ -269,10 +279,11 @@ class Backlog:
     def put(self, kind: str, data, timeout: float = 0) -> bool:
         """Queue an operation; False when it found no room within `timeout`."""
         with self.changed:
-            if kind in _DATA and self.in_memory >= MEMORY_CHUNKS:
+            if kind in _DATA and self.in_memory >= self.memory_chunks:
                 if self._spill(kind, data):
                     return True
-                if not self.changed.wait_for(lambda: self.in_memory < MEMORY_CHUNKS, timeout):
+                if not self.changed.wait_for(lambda: self.in_memory < self.memory_chunks,
+                                             timeout):
                     return False
             self.items.append((kind, data))
             if kind in _DATA:

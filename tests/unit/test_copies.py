@@ -4,6 +4,7 @@ NFS server (a write that never returns)."""
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from cloudstack_sysvm_seed import copies, plan
 from cloudstack_sysvm_seed.catalog import Store, Zone
@@ -125,6 +126,39 @@ def test_a_slow_store_never_holds_the_reader_back_and_gets_every_byte_in_order(t
     assert image.read_bytes() == b"".join(chunks)
     assert writer.backlog.spool is None  # closed: the unlinked spool file is gone
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_many_lagging_stores_share_one_memory_budget(tmp_path):
+    """16 stores that all lag: together they hold the pass's budget in memory, not 16 times
+    a single store's, and each still gets every byte."""
+    count = 16
+    share = copies.memory_share(count)
+    assert share * count <= copies.PASS_MEMORY_CHUNKS < copies.MEMORY_CHUNKS * count
+    writers = []
+    for n in range(count):
+        root = tmp_path / f"s{n}"
+        root.mkdir()
+        writer = opened(copies.CopyWriter(STEP, str(root), "a.qcow2", stall_timeout=30,
+                                          spool_dir=str(tmp_path / "spool"),
+                                          memory_chunks=share))
+        writer.stream = Gated(writer.stream)
+        writers.append(writer)
+    chunks = [bytes([n]) * 1000 for n in range(copies.MEMORY_CHUNKS * 2)]
+    for chunk in chunks:
+        for writer in writers:
+            writer.write(chunk)
+    assert sum(writer.backlog.in_memory for writer in writers) <= copies.PASS_MEMORY_CHUNKS
+    assert all(writer.backlog.spilled for writer in writers)
+    for writer in writers:
+        writer.stream.gate.set()
+        writer.finish()
+        assert writer.error == ""
+        (image,) = Path(writer.root).glob(".cloudstack-sysvm-seed/stage/*/a.qcow2")
+        assert image.read_bytes() == b"".join(chunks)
+
+
+def test_the_memory_share_keeps_two_chunks_each_however_many_stores():
+    assert [copies.memory_share(n) for n in (0, 1, 4, 5, 16, 40)] == [8, 8, 8, 6, 2, 2]
 
 
 def test_the_backlog_keeps_members_and_data_in_order_across_the_spill():
