@@ -490,9 +490,17 @@ print(size, time.monotonic() - started)
 """
 
 
-def decoder_speeds(image: Image, repeat: int) -> Dict[str, Optional[float]]:
-    """MiB/s of decompressed output for each bzip2 decoder the tool could use, medians over
-    `repeat` alternating runs on the bundled file (in the page cache); None: not installed."""
+@dataclass
+class Decoder:
+    speed: float  # MiB/s of decompressed output, median
+    passes: float  # bytes it read from the file, over the file's size
+
+
+def decoders(image: Image, repeat: int, work: Path) -> Dict[str, Optional[Decoder]]:
+    """Each bzip2 decoder the tool could use (None: not installed): MiB/s of decompressed
+    output, medians over `repeat` alternating runs on the bundled file (in the page cache),
+    and, from one more run under strace, how much of the file it read. The tool hashes the
+    file as it reads it, so it can only use a decoder that reads it once, in order."""
     python = str(REPO / ".venv" / "bin" / "python")
     available = {
         "lbzip2": shutil.which("lbzip2") is not None,
@@ -503,21 +511,36 @@ def decoder_speeds(image: Image, repeat: int) -> Dict[str, Optional[float]]:
     samples: Dict[str, List[float]] = {name: [] for name, ok in available.items() if ok}
     for _ in range(repeat):
         for name in samples:
-            out = run([python, "-c", DECODE, name.split()[0], image.bundle],
-                      capture_output=True, text=True).stdout.split()
-            size, seconds = int(out[0]), float(out[1])
-            if size != image.qcow2_bytes:
-                raise RuntimeError(f"{name} decoded {size} bytes, expected {image.qcow2_bytes}")
-            samples[name].append(size / MIB / seconds)
-    return {name: statistics.median(samples[name]) if ok else None
-            for name, ok in available.items()}
+            samples[name].append(_decode(python, name, image) / MIB)
+    found: Dict[str, Optional[Decoder]] = {name: None for name in available}
+    for name in samples:
+        trace_dir = Path(tempfile.mkdtemp(prefix="decode-", dir=work))
+        try:
+            run([*trace.prefix(trace_dir), python, "-c", DECODE, name.split()[0],
+                 image.bundle], capture_output=True)
+            passes = trace.reads(trace_dir).of(image.bundle) / image.bz2_bytes
+        finally:
+            shutil.rmtree(trace_dir)
+        found[name] = Decoder(statistics.median(samples[name]), passes)
+    return found
 
 
-def _print_decoders(speeds: Dict[str, Optional[float]]) -> None:
-    print("bzip2 decoders on the timed image (decompressed MiB/s, median; what the tool "
-          "picks: lbzip2 when installed, else Python's bz2):")
-    for name, speed in speeds.items():
-        shown = f"{speed:7.1f} MiB/s" if speed else "  not installed (pip install indexed_bzip2)"
+def _decode(python: str, name: str, image: Image) -> float:
+    """Bytes per second of one decoding run."""
+    out = run([python, "-c", DECODE, name.split()[0], image.bundle],
+              capture_output=True, text=True).stdout.split()
+    size, seconds = int(out[0]), float(out[1])
+    if size != image.qcow2_bytes:
+        raise RuntimeError(f"{name} decoded {size} bytes, expected {image.qcow2_bytes}")
+    return size / seconds
+
+
+def _print_decoders(found: Dict[str, Optional[Decoder]]) -> None:
+    print("bzip2 decoders on the timed image (decompressed MiB/s, median; bytes read from "
+          "the file / its size). The tool uses lbzip2 when installed, else Python's bz2:")
+    for name, decoder in found.items():
+        shown = (f"{decoder.speed:7.1f} MiB/s, read the file {decoder.passes:.2f}x"
+                 if decoder else "  not installed (pip install indexed_bzip2)")
         print(f"  {name:<16}{shown}")
     print()
 
@@ -528,7 +551,7 @@ def mb(kib: int) -> float:
 
 def print_report(args, image: Image, trials: Trials, reads: Optional[dict],
                  rss: Optional[ToolRun], rss_image: Optional[Image], noop: tuple,
-                 speeds: Dict[str, Optional[float]], elapsed: tuple) -> None:
+                 decoded: Dict[str, Optional[Decoder]], elapsed: tuple) -> None:
     cores = len(os.sched_getaffinity(0))
     lbzip2 = shutil.which("lbzip2") or "not installed"
     print("\n" + "=" * 96)
@@ -553,7 +576,7 @@ def print_report(args, image: Image, trials: Trials, reads: Optional[dict],
         base = " ".join(f"{s:.2f}" for s in trials.baseline[count])
         print(f"  samples, {count} store(s): ours {ours} | baseline {base}")
     print()
-    _print_decoders(speeds)
+    _print_decoders(decoded)
     _print_reads(image, trials, reads)
     _print_rss(trials, rss, rss_image)
     first, reruns, actions = noop
@@ -669,8 +692,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         noop = noop_rerun(bed, small, max(3, args.repeat))
     finally:
         bed.close()
-    speeds = decoder_speeds(image, args.repeat)
-    print_report(args, image, trials, reads, rss, rss_image, noop, speeds,
+    decoded = decoders(image, args.repeat, args.work)
+    print_report(args, image, trials, reads, rss, rss_image, noop, decoded,
                  (built, time.monotonic() - started))
     print(FOOTNOTES.rstrip())
     return 0
