@@ -52,7 +52,8 @@ def run(
     try:
         # On a timeout or an interrupt, run() kills the process and reaps it.
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, env=dict(os.environ, LC_ALL="C"), check=False)
+                              encoding="utf-8", errors="replace", timeout=timeout,
+                              env=dict(os.environ, LC_ALL="C"), check=False)
     except FileNotFoundError:
         hint = _PACKAGE_HINTS.get(os.path.basename(argv[0]), "check the PATH")
         raise CommandFailed(shown, "program not found", hint.capitalize() + ".") from None
@@ -62,13 +63,12 @@ def run(
         raise CommandFailed(shown, f"timed out after {timeout:g}s") from None
     seconds = time.monotonic() - started
     LOG.debug("Command %s exited %d in %.2fs", shown[0], done.returncode, seconds)
-    stdout, stderr = _text(done.stdout), _text(done.stderr)
     if done.returncode not in tuple(ok_codes):
-        detail = _tail(stderr or stdout)
+        detail = _tail(done.stderr or done.stdout)
         raise CommandFailed(
             shown, f"exit code {done.returncode}" + (f": {detail}" if detail else "")
         )
-    return Result(done.returncode, stdout, stderr, seconds)
+    return Result(done.returncode, done.stdout, done.stderr, seconds)
 
 
 def masked(argv: Sequence[str], secrets: Iterable[str]) -> list[str]:
@@ -80,12 +80,6 @@ def masked(argv: Sequence[str], secrets: Iterable[str]) -> list[str]:
             arg = arg.replace(secret, MASK)
         shown.append(arg)
     return shown
-
-
-def _text(data) -> str:
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    return data or ""
 
 
 def _tail(text: str) -> str:
