@@ -69,8 +69,8 @@ def zones_with_stores(world, clusters, zones=2, stores=2) -> list[str]:
 
 def traced_run(world, tmp_path: Path, *args, mount_command: str):
     """The CLI in its own process under strace: (exit code, JSON records, stderr, reads)."""
-    trace_dir = tmp_path / f"trace-{len(list(tmp_path.glob('trace-*')))}"
-    trace_dir.mkdir()
+    trace_dir = tmp_path / "trace"
+    trace_dir.mkdir()  # one traced run per test
     done = trace.run(world.command("--json", *args, mount_command=mount_command), trace_dir,
                      env=world.env, capture_output=True, text=True, timeout=600)
     records = json.loads(done.stdout) if done.stdout.strip() else []
