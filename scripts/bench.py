@@ -516,8 +516,8 @@ def decoders(image: Image, repeat: int, work: Path) -> Dict[str, Optional[Decode
     for name in samples:
         trace_dir = Path(tempfile.mkdtemp(prefix="decode-", dir=work))
         try:
-            run([*trace.prefix(trace_dir), python, "-c", DECODE, name.split()[0],
-                 image.bundle], capture_output=True)
+            run([*trace.prefix(trace_dir), *_decode_argv(python, name, image)],
+                capture_output=True)
             passes = trace.reads(trace_dir).of(image.bundle) / image.bz2_bytes
         finally:
             shutil.rmtree(trace_dir)
@@ -525,10 +525,14 @@ def decoders(image: Image, repeat: int, work: Path) -> Dict[str, Optional[Decode
     return found
 
 
+def _decode_argv(python: str, name: str, image: Image) -> List[str]:
+    """DECODE run by `python` with the decoder `name` ("bz2 (Python)" is "bz2")."""
+    return [python, "-c", DECODE, name.split()[0], str(image.bundle)]
+
+
 def _decode(python: str, name: str, image: Image) -> float:
     """Bytes per second of one decoding run."""
-    out = run([python, "-c", DECODE, name.split()[0], image.bundle],
-              capture_output=True, text=True).stdout.split()
+    out = run(_decode_argv(python, name, image), capture_output=True, text=True).stdout.split()
     size, seconds = int(out[0]), float(out[1])
     if size != image.qcow2_bytes:
         raise RuntimeError(f"{name} decoded {size} bytes, expected {image.qcow2_bytes}")

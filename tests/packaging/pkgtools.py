@@ -106,8 +106,8 @@ def base_env(**extra: str) -> Dict[str, str]:
 
 def hook_env(mount_command: str) -> Dict[str, str]:
     """What the hook needs in a test: this interpreter (it has the libraries) and the
-    bind-mount stand-in for `mount -t nfs`. With bytecode
-    written, a __pycache__ beside the installed package shows which copy ran."""
+    bind-mount stand-in for `mount -t nfs`. With bytecode written, a __pycache__ beside the
+    installed package shows which copy ran."""
     env = base_env(CLOUDSTACK_SYSVM_SEED_PYTHON=sys.executable,
                    CLOUDSTACK_SYSVM_SEED_HOOK_ARGS=shlex.join(["--mount-command", mount_command]))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
