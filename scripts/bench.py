@@ -9,7 +9,7 @@ peak RSS on a large image and a no-op rerun on 20 zones x 2 stores, then prints 
 ratios and each target with PASS/FAIL. It is a measurement: it exits 0 whatever the
 numbers, and non-zero only when something errored.
 
-Stores are directories on a private tmpfs, bind-mounted by `sandbox/bind-mount` in place of
+Stores are directories on a private tmpfs, bind-mounted by `tests/testbed/bind-mount` in place of
 `mount -t nfs`; the baseline writes the same directories directly (it needs no mount).
 """
 
@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "templates"))
+from testbed import cloud, images, mounts, trace
+from testbed.mariadb import MariaDB
 
-from sandbox import cloud, images, mounts, trace  # noqa: E402
-from sandbox.mariadb import MariaDB  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MIB = 1 << 20
 VERSION = "4.20.2.0"
@@ -207,7 +206,7 @@ def small_image(work: Path) -> Image:
     return _load_image(directory, facts)
 
 
-# -- the sandbox: one MariaDB, stores on a private tmpfs --------------------------------------
+# -- the test bed: one MariaDB, stores on a private tmpfs -------------------------------------
 
 
 class Bed:

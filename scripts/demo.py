@@ -11,11 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "templates"))
-
-from sandbox import BIND_MOUNT, cloud, images, mounts  # noqa: E402
-from sandbox.mariadb import MariaDB  # noqa: E402
+from testbed import BIND_MOUNT, cloud, images, mounts
+from testbed.mariadb import MariaDB
 
 TOOL = str(Path(sys.executable).with_name("cloudstack-sysvm-seed"))
 

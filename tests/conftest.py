@@ -1,13 +1,13 @@
 """Shared fixtures: the throwaway MariaDB, era-shaped `cloud` databases, fake NFS exports.
 
-Fixture API (see templates/sandbox for the pieces):
-  mariadb_server      session-wide sandbox.mariadb.MariaDB on 127.0.0.1:<random port>
-  make_cloud(era)     factory -> sandbox.cloud.CloudDB (fresh uniquely named database)
+Fixture API (see tests/testbed for the pieces):
+  mariadb_server      session-wide testbed.mariadb.MariaDB on 127.0.0.1:<random port>
+  make_cloud(era)     factory -> testbed.cloud.CloudDB (fresh uniquely named database)
   cloud_db            one CloudDB; era "4.20" unless parametrized indirectly:
                         @pytest.mark.parametrize("cloud_db", ["4.11", "4.15"], indirect=True)
   stores_root         tmpfs playing every NFS server (exports are stores_root/HOST/PATH)
   make_export(h, p)   creates stores_root/h/p and returns it
-  mount_command       "<templates>/sandbox/bind-mount --root <stores_root>" for the tool
+  mount_command       "<tests>/testbed/bind-mount --root <stores_root>" for the tool
 
 Tests using the DB fixtures get the `db` marker and tests using the mount fixtures the
 `mounts` marker automatically. Mount tests need root and FAIL (never skip) without it.
@@ -18,19 +18,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import sys
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "templates"))
-
-from sandbox import mounts  # noqa: E402
-from sandbox.cloud import CloudDB, create_cloud  # noqa: E402
-from sandbox.mariadb import MariaDB  # noqa: E402
+from testbed import mounts
+from testbed.cloud import CloudDB, create_cloud
+from testbed.mariadb import MariaDB
 
 _DB_FIXTURES = {"mariadb_server", "make_cloud", "cloud_db"}
 _MOUNT_FIXTURES = {"stores_root", "make_export", "mount_command"}

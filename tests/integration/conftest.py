@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sandbox import images
+from testbed import images
 
 from cloudstack_sysvm_seed import cli
 

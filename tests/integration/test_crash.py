@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from sandbox import mounts
+from testbed import mounts
 
 # Where to kill: ("start", s) s after launch; ("mounted", s) s after the first mount shows;
 # ("copying", s) s after the first stage file appears (the copy lasts about a second).

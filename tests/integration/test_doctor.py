@@ -14,7 +14,7 @@ import uuid as uuidlib
 
 import pytest
 from conftest import VIRTUAL_SIZE
-from sandbox import images as sandbox_images
+from testbed import images as testbed_images
 
 from cloudstack_sysvm_seed import errors, images, properties
 
@@ -27,7 +27,7 @@ TABLES = ("vm_template", "template_zone_ref", "template_store_ref", "configurati
 def vhd_image(tmp_path_factory):
     """A small dynamic VHD, the image a XenServer store copy holds, and its virtual size."""
     path = tmp_path_factory.mktemp("vhd") / "systemvm.vhd"
-    sandbox_images.make_vhd(path, 32 << 20)
+    testbed_images.make_vhd(path, 32 << 20)
     with open(path, "rb") as stream:
         stream.seek(-512, os.SEEK_END)
         virtual = images.vhd_virtual_size(stream.read(), str(path))
@@ -37,7 +37,7 @@ def vhd_image(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qcow2_image(tmp_path_factory):
     path = tmp_path_factory.mktemp("qcow2") / "systemvm.qcow2"
-    sandbox_images.make_qcow2(path, VIRTUAL_SIZE)
+    testbed_images.make_qcow2(path, VIRTUAL_SIZE)
     return path, VIRTUAL_SIZE
 
 

@@ -1,9 +1,9 @@
 """The tool over real NFS: nfs-ganesha on 127.0.0.1, mounted through the FUSE bridge.
 
-This kernel has no NFS client, so `--mount-command` is tests/nfs/nfs-mount, which mounts an
-NFSv3 export with a FUSE bridge (mfusepy + nfs-rs); the tool still runs its own
+This kernel has no NFS client, so `--mount-command` is tests/testbed/nfs/nfs-mount, which
+mounts an NFSv3 export with a FUSE bridge (mfusepy + nfs-rs); the tool still runs its own
 `umount MOUNTPOINT`. Everything the tool writes crosses a real NFS server; the export
-directories are read back from the server's side. See tests/nfs/.
+directories are read back from the server's side. See tests/testbed/nfs/.
 
 Needs root and the packages of this tier (nfs-ganesha, nfs-ganesha-vfs, rpcbind, libfuse2,
 PyPI mfusepy and nfs-rs); when one is missing the tests FAIL naming it, never skip.
@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,19 +24,16 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-
-from cloudstack_sysvm_seed import errors
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
-
-from nfs.harness import (  # noqa: E402
+from testbed.nfs.harness import (
     NfsLab,
     missing_requirements,
     process_diagnostics,
     stage_files,
 )
+
+from cloudstack_sysvm_seed import errors
+
+REPO = Path(__file__).resolve().parents[2]
 
 BIG_MIB = 64  # random data: the copy takes a few seconds, long enough to stop the server
 #: How long a run whose server died mid-copy may take before it counts as hung. The tool

@@ -1,7 +1,7 @@
 """The data path, measured on the real process: each source file is read once however many
 stores of however many zones it goes to; a rerun with nothing to do reads no image and
 mounts each store once; `--jobs` bounds how many stores mount at once. Reads are counted
-exactly, per file, by strace (sandbox/trace.py)."""
+exactly, per file, by strace (tests/testbed/trace.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLUSTERS
-from sandbox import trace
+from testbed import trace
 
 # What a run may read of a source beyond the file itself: the 8-byte peek at its magic that
 # sizes the copy before the pass (and a gzip's 4-byte length). A second pass is megabytes.

@@ -9,7 +9,7 @@ from typing import Dict
 
 import pytest
 from pkgtools import PACKAGING, need, run
-from sandbox import images
+from testbed import images
 
 # Two template versions: what cloudstack-management ships at install, then at upgrade.
 VERSIONS = ("4.20.0.0", "4.20.1.0")

@@ -17,16 +17,16 @@ from typing import Set
 
 import pymysql
 import pytest
-from sandbox import mounts
-from sandbox.cloud import ERAS, split_sql
-from sandbox.images import (
+from testbed import mounts
+from testbed.cloud import ERAS, split_sql
+from testbed.images import (
     MetadataEntry,
     build_kvm_bundle,
     compress,
     make_qcow2,
     write_metadata,
 )
-from sandbox.mariadb import MariaDBError, find_binary
+from testbed.mariadb import MariaDBError, find_binary
 
 TABLES = {
     "version",

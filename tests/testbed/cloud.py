@@ -551,7 +551,7 @@ def write_db_properties(
         ("db.usage.maxActive", "100"),
         ("db.usage.url.params", "serverTimezone=UTC"),
     ]
-    lines = ["# Written by the cloudstack-sysvm-seed test bed (sandbox.cloud)."]
+    lines = ["# Written by the cloudstack-sysvm-seed test bed (testbed.cloud)."]
     lines += [f"{key}={_escape(value)}" for key, value in pairs]
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,12 @@ import sys
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+try:
+    from .fusenfs import EXIT_MOUNT_FAILURE, mountinfo_has
+except ImportError:  # run through nfs-mount: this directory is sys.path[0]
+    from fusenfs import EXIT_MOUNT_FAILURE, mountinfo_has
 
-from fusenfs import EXIT_MOUNT_FAILURE, mountinfo_has  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 BRIDGE = os.path.join(HERE, "fusenfs.py")
 MOUNT_TIMEOUT = 10.0
