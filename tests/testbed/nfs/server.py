@@ -17,6 +17,8 @@ Layout (see shared/reference/test-infrastructure.md section 1):
 - rpcbind runs in both namespaces; ganesha runs in the private mount namespace only, so it
   registers through that /run/rpcbind.sock and listens on the host's 127.0.0.1, on two
   free ports (NFS and MOUNT). Clients pass both ports and never need a portmapper.
+  Both enter the namespaces with `nsenter --target HOLDER --root --wd`, so they keep our
+  root when we run chrooted (see NfsServer._in_holder).
 - NFSv3 mounts use the Pseudo path (mount_path_pseudo), as NFSv4 does, so a store URL is
   nfs://127.0.0.1/<pseudo>. Attr_Expiration_Time = 0: tests read the export directories.
 
@@ -221,7 +223,7 @@ class NfsServer:
         out = open(self.workdir / "ganesha.stdout", "ab")  # noqa: SIM115
         try:
             self.ganesha = subprocess.Popen(
-                ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--",
+                [*self._in_holder("mount"),
                  "ganesha.nfsd", "-F", "-f", str(self.conf), "-L", str(self.log),
                  "-p", str(pidfile), "-N", "NIV_EVENT"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -275,6 +277,17 @@ class NfsServer:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _in_holder(self, *namespaces: str) -> List[str]:
+        """argv prefix: run a program in the holder's `namespaces` ("mount", "net").
+
+        --root and --wd matter: setns() into a mount namespace moves the caller to the root
+        of that namespace's mount tree, which is not our root when this runs chrooted (a
+        build root, a CI image root, fresh-root/run.sh). Without them the program escapes
+        the chroot: it runs the outer machine's binaries, writes /run/rpcbind.sock into the
+        outer /run, and sees neither our private /run nor our /tmp."""
+        return ["nsenter", f"--target={self.holder.pid}",
+                *(f"--{ns}" for ns in namespaces), "--root", "--wd", "--"]
+
     def _start_holder(self) -> None:
         # The holder makes the namespaces, puts a tmpfs on /run inside (the host's /run is
         # never written), brings lo up, says "ready", and sleeps until we stop it.
@@ -285,6 +298,7 @@ class NfsServer:
             ["unshare", "--mount", "--net", "--propagation", "slave", "sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, preexec_fn=_die_with_parent,
+            cwd="/",  # what --wd gives the programs run in its namespaces
         )
         line = self.holder.stdout.readline()
         if line.strip() != b"ready":
@@ -294,11 +308,10 @@ class NfsServer:
 
     def _start_rpcbind(self, timeout: float = 10.0) -> None:
         started = time.monotonic()
-        ns = f"/proc/{self.holder.pid}/ns"
         out = open(self.workdir / "rpcbind.log", "ab")  # noqa: SIM115
         try:
             self.rpcbind = subprocess.Popen(
-                ["nsenter", f"--mount={ns}/mnt", f"--net={ns}/net", "--", "rpcbind", "-f"],
+                [*self._in_holder("mount", "net"), "rpcbind", "-f"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
