@@ -341,6 +341,10 @@ NFS_CORE_PARAM {{
     Enable_UDP = false;
     Protocols = 3, 4;
     mount_path_pseudo = true;
+    # Ganesha 6 (trixie) makes itself an I/O flusher, which needs CAP_SYS_RESOURCE, and
+    # exits when a machine or container has dropped it (EPERM). There is no kernel NFS
+    # client here for that to protect. Ganesha 4.3 (bookworm) logs "Unknown parameter".
+    allow_set_io_flusher_fail = true;
 }}
 NFSv4 {{
     Graceless = true;
