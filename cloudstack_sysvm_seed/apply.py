@@ -1,11 +1,20 @@
-"""Apply a plan: write copies, publish them, and make the database say so.
+"""Carry out a plan: write the copies it lists, then make the row changes it lists, each once
+what it waits for holds. Apply decides nothing of its own: what it changes, and when a
+change is held back, the plan says.
 
-Per source file: the file is read once and written to a stage on every target store of every
-template that uses it (KVM and LXC share one file), and its checksum is verified before any
-row is written. Then, store by store as each copy is whole, one transaction covers the rows
-of that (template, store) pair and is committed only after the copy has been renamed into
-place. A failure undoes that pair alone. A slow store's copy goes on being written while
-the next source file is read; it is published when it is done.
+Before anything is written, every row the plan would write is checked against the schema
+(catalog.check_row): a value that does not fit stops the run with nothing written.
+
+Copies, per source file: the file is read once and written to a stage on every target
+store of every template that uses it (KVM and LXC share one file), and its checksum is
+verified before any row is written. Then, store by store as each copy is whole, one
+transaction covers the rows of that (template, store) pair (with the template's own row
+when it is new) and is committed only after the copy has been renamed into place. A failure
+undoes that pair alone. A slow store's copy goes on while the next source file is read.
+
+Row changes, after the copies: just before them the caller may re-read the database and,
+where it changed meanwhile, plan again (`Context.replan`); then each change is made in a
+transaction of its own when its needs hold, and reported held otherwise.
 """
 
 from __future__ import annotations
@@ -14,12 +23,32 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
-from . import checksum, copies, images, plan, progress, properties, sources, stores
+from . import checksum, copies, images, layout, progress, properties, sources, stores
 from .catalog import Catalog, NewTemplate, now
 from .errors import SeedError
-from .plan import Step, TemplateWork
+from .model import (
+    ADOPT,
+    FAIL,
+    HOLD,
+    NONE,
+    SKIP,
+    WRITES_COPY,
+    AddZoneRef,
+    DropOverride,
+    DropRef,
+    FixRef,
+    Plan,
+    PointVms,
+    RemoveStage,
+    SetSetting,
+    SetTemplate,
+    Step,
+    TemplateRef,
+    TemplateWork,
+)
+from .settings import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_STALL_TIMEOUT, DownloadSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -27,6 +56,7 @@ READY = "ready"
 FAILED = "failed"
 SKIPPED = "skipped"
 PLANNED = "planned"
+HELD = "held"
 
 
 @dataclass(frozen=True)
@@ -38,6 +68,7 @@ class Outcome:
     virtual_size: Optional[int] = None
     source: str = ""
     timed_out: bool = False  # the store stopped answering; unmount it lazily
+    detail: str = ""  # a change as made, with the ids it got (else the plan's words)
 
 
 @dataclass(frozen=True)
@@ -45,71 +76,92 @@ class Context:
     catalog: Catalog
     roots: dict  # store id -> mountpoint
     sources: dict  # metadata section -> sources.Source
-    release: str = ""  # metadata.ini's X.Y.Z: minreq.sysvmtemplate.version
-    downloads: sources.DownloadSettings = field(default_factory=sources.DownloadSettings)
-    max_image_size: int = images.DEFAULT_MAX_IMAGE_SIZE
-    update_pointers: bool = True  # router.template.<hv>, minreq, system VMs (not for install)
-    stall_timeout: float = copies.DEFAULT_STALL_TIMEOUT
+    downloads: DownloadSettings = field(default_factory=DownloadSettings)
+    max_image_size: int = DEFAULT_MAX_IMAGE_SIZE
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    guard: Callable[[], None] = lambda: None  # before each transaction: the lock still held
+    # After the copies: the plan whose row changes to make instead, when the database
+    # changed meanwhile (given the templates the copies wrote), else None.
+    replan: Optional[Callable[[list[int]], Optional[Plan]]] = None
 
 
-def dry_run(the_plan: plan.Plan, source_of: dict) -> list[Outcome]:
-    """What a run would do, as outcomes with status `planned`."""
-    return [_unapplied(step, PLANNED, _described(source_of, work, step))
-            for work, step in _steps_with_work(the_plan)]
+def dry_run(plan: Plan, source_of: dict) -> list[Outcome]:
+    """What a run would do, as outcomes with status `planned`, in the words of the run."""
+    outcomes = []
+    for work in plan.works:
+        source = source_of.get(work.spec.section)
+        outcomes += [_unapplied(step, PLANNED, source.describe() if source else "")
+                     for step in work.steps]
+    return outcomes + [_unapplied(step, PLANNED) for step in plan.steps]
 
 
-def run(the_plan: plan.Plan, context: Context) -> list[Outcome]:
+def run(plan: Plan, context: Context) -> list[Outcome]:
     """Apply the plan. The caller holds the registration lock, so no other run is writing:
-    any stage left on a store is a leftover of a crashed run and is removed first."""
-    for store_id, root in context.roots.items():
-        swept = stores.sweep_stages(root)
+    any stage left on a store the plan writes to is a leftover of a crashed run, and is
+    removed first.
+
+    :raises SchemaError: before anything is written, for a row that does not fit.
+    """
+    preflight(plan, context.catalog)
+    for store_id in sorted({s.store.id for w in plan.works for s in w.seed_steps}):
+        swept = stores.sweep_stages(context.roots[store_id])
         if swept:
             LOG.info("Store %d: removed %d stale stage(s) of an interrupted run", store_id, swept)
-    outcomes: dict[Step, Outcome] = {}
-    for step in the_plan.others:
-        outcomes[step] = _unapplied(step, SKIPPED)
-    runs = [_WorkRun(work) for work in the_plan.works]
-    try:
-        for group in _by_source(runs, context.sources):
-            _seed_group(group, context)
-            _publish_copies(runs, context, wait=False)
-        _publish_copies(runs, context, wait=True)
-    except BaseException:  # Ctrl-C, SIGTERM: no stage is left behind and no row half-made
-        for work_run in runs:
-            work_run.fail_seeding("interrupted")
-        raise
-    for work_run in runs:
-        _finish_work(work_run, context)
-        outcomes.update(work_run.outcomes)
-    changes = _point_cloudstack_at(runs, context) if context.update_pointers else []
-    return [outcomes[step] for _, step in _steps_with_work(the_plan)] + changes
+    runs = [_WorkRun(work) for work in plan.works]
+    _copy(runs, context)
+    copied = [o for r in runs for o in r.ordered()]
+    rows = _RowChanges(plan, context, runs)
+    if context.replan is not None:
+        again = context.replan(sorted({r.template_id for r in runs if r.template_id}))
+        if again is not None:
+            LOG.warning("The database changed while the copies were written; planned the "
+                        "row changes again")
+            rows = _RowChanges(again, context, runs, copies_ran=False)
+    return copied + rows.make()
 
 
-def _steps_with_work(the_plan: plan.Plan):
-    yield from ((None, step) for step in the_plan.others)
-    for work in the_plan.works:
-        yield from ((work, step) for step in work.steps)
-
-
-def _described(source_of: dict, work: Optional[TemplateWork], step: Step) -> str:
-    if work is None or step.action not in plan.WRITES_COPY:
-        return ""
-    source = source_of.get(work.spec.section)
-    return source.describe() if source else ""
+def preflight(plan: Plan, catalog: Catalog) -> None:
+    """Every row the plan would insert or update, checked against this schema's columns."""
+    when = now()
+    for work in plan.works:
+        spec = work.spec
+        template_id = work.template.id if work.template else 99_999_999
+        if work.template is None:
+            catalog.check_row("vm_template", catalog.template_row(NewTemplate(
+                template_id, str(uuid.uuid4()), spec.name, spec.url,
+                str(spec.checksum or checksum.Checksum("SHA-512", "0" * 128)),
+                spec.hypervisor.image_format, work.guest_os_id, spec.hypervisor.db_name,
+                spec.arch), when))
+        for zone_id in work.zone_ids[:1]:
+            catalog.check_row("template_zone_ref", catalog.zone_ref_row(template_id, zone_id, when))
+        for step in work.seed_steps:
+            path = layout.install_path(template_id, f"{uuid.uuid4()}.{spec.hypervisor.extension}")
+            catalog.check_row("template_store_ref", catalog.store_ref_row(
+                template_id, step.store.id, path, spec.url, when))
+    for step in plan.changes:
+        change = step.change
+        if isinstance(change, SetSetting):
+            catalog.check_row("configuration", catalog.setting_row(change.name, change.new, when),
+                              inserting=change.old is None)
+        elif isinstance(change, FixRef) and change.ref_id is None:
+            catalog.check_row("template_store_ref", catalog.store_ref_row(
+                change.template_id, change.store_id, change.install_path, change.url, when))
 
 
 def _unapplied(step: Step, status: str, source: str = "") -> Outcome:
-    if step.action == plan.FAIL:
+    if step.action == FAIL:
         return Outcome(step, FAILED, step.template_id, step.reason)
-    if step.action == plan.SKIP:
+    if step.action == SKIP:
         return Outcome(step, SKIPPED, step.template_id)
-    if step.action == plan.NONE:
+    if step.action == HOLD:
+        return Outcome(step, HELD, step.template_id)
+    if step.action == NONE:
         return Outcome(step, READY, step.template_id, virtual_size=step.copy.virtual_size)
     return Outcome(step, status, step.template_id, source=source)
 
 
 class _WorkRun:
-    """One template's progress through a run."""
+    """One template's copies through a run."""
 
     def __init__(self, work: TemplateWork):
         self.work = work
@@ -121,18 +173,17 @@ class _WorkRun:
         self.info: Optional[images.ImageInfo] = None  # set once the pass is verified
         self.checksum_text = str(work.spec.checksum) if work.spec.checksum else ""
         self.source = ""
+        self.completed = not (work.template is None or work.zone_ids or work.activate)
         for step in work.steps:
-            if step.action in (plan.NONE, plan.FAIL):
+            if step.action not in WRITES_COPY:
                 self.outcomes[step] = _unapplied(step, READY)
+
+    def ordered(self) -> list[Outcome]:
+        return [self.outcomes[step] for step in self.work.steps]
 
     def failed_copy(self, writer: copies.CopyWriter) -> Outcome:
         return Outcome(writer.step, FAILED, self.template_id, writer.error, source=self.source,
                        timed_out=writer.stalled)
-
-    def ready_zones(self) -> list[int]:
-        """Zones where this template has a Ready copy after this run."""
-        return sorted({o.step.zone.id for o in self.outcomes.values()
-                       if o.status == READY and o.step.zone is not None})
 
     def unsettled(self) -> list[copies.CopyWriter]:
         """Writers of this template whose copy has no outcome yet."""
@@ -147,6 +198,22 @@ class _WorkRun:
                                                    source=self.source))
 
 
+# --- copies --------------------------------------------------------------------------------
+
+
+def _copy(runs: list[_WorkRun], context: Context) -> None:
+    pool = copies.WriterPool()
+    try:
+        for group in _by_source(runs, context.sources):
+            _seed_group(group, context, pool)
+            _publish_copies(runs, context, pool, wait=False)
+        _publish_copies(runs, context, pool, wait=True)
+    except BaseException:  # Ctrl-C, SIGTERM: no stage is left behind and no row half-made
+        for work_run in runs:
+            work_run.fail_seeding("interrupted")
+        raise
+
+
 def _by_source(runs: list[_WorkRun], source_of: dict) -> list[list[_WorkRun]]:
     groups: dict[str, list[_WorkRun]] = {}
     for work_run in runs:
@@ -156,10 +223,7 @@ def _by_source(runs: list[_WorkRun], source_of: dict) -> list[list[_WorkRun]]:
     return list(groups.values())
 
 
-# --- seeding -------------------------------------------------------------------------------
-
-
-def _seed_group(group: list[_WorkRun], context: Context) -> None:
+def _seed_group(group: list[_WorkRun], context: Context, pool: copies.WriterPool) -> None:
     """One pass over a source for every template that uses it."""
     spec = group[0].work.spec
     source = context.sources[spec.section]
@@ -176,8 +240,8 @@ def _seed_group(group: list[_WorkRun], context: Context) -> None:
         needed = images.expanded_size_estimate(path)
         share = copies.memory_share(sum(len(run_.work.seed_steps) for run_ in group))
         for work_run in group:
-            _open_writers(work_run, context, needed, share)
-        writers = _writers_still_on(group)
+            _open_writers(work_run, context, needed, share, pool)
+        writers = _writers_still_on(group, pool)
         if not writers:
             return
         LOG.info("Copying %s to %d store(s)", path, len(writers))
@@ -208,19 +272,19 @@ def _hasher(expected: Optional[checksum.Checksum]):
     return expected.new_hasher() if expected else checksum.Checksum("SHA-512", "").new_hasher()
 
 
-def _open_writers(work_run: _WorkRun, context: Context, needed: int,
-                  memory_chunks: int) -> None:
+def _open_writers(work_run: _WorkRun, context: Context, needed: int, memory_chunks: int,
+                  pool: copies.WriterPool) -> None:
     """A writer per target store; each checks its store (probe file, room) first."""
     for step in work_run.work.seed_steps:
         work_run.writers.append(copies.CopyWriter(
             step, context.roots[step.store.id], work_run.filename, needed,
-            context.stall_timeout, context.downloads.cache_dir, memory_chunks))
+            context.stall_timeout, context.downloads.cache_dir, memory_chunks, pool=pool))
 
 
-def _writers_still_on(group: list[_WorkRun]) -> list[copies.CopyWriter]:
+def _writers_still_on(group: list[_WorkRun], pool: copies.WriterPool) -> list[copies.CopyWriter]:
     """The group's writers once their stores were checked; those refused are recorded as
     failed now, before any data is read."""
-    copies.wait_started([w for work_run in group for w in work_run.writers])
+    pool.wait_started([w for work_run in group for w in work_run.writers])
     for work_run in group:
         for writer in work_run.unsettled():
             if writer.error:
@@ -247,12 +311,13 @@ def _verify(work_run: _WorkRun, hasher, path: str, info: images.ImageInfo) -> No
         writer.end()
 
 
-def _publish_copies(runs: list[_WorkRun], context: Context, wait: bool) -> None:
+def _publish_copies(runs: list[_WorkRun], context: Context, pool: copies.WriterPool,
+                    wait: bool) -> None:
     """Publish every verified copy that is whole (or record its failure); with `wait`, every
     one, as each store is done, otherwise only those already done."""
     owner = {writer: work_run for work_run in runs if work_run.info
              for writer in work_run.unsettled()}
-    for writer in copies.as_finished(owner, wait):
+    for writer in pool.as_finished(owner, wait):
         work_run = owner[writer]
         work_run.outcomes[writer.step] = (work_run.failed_copy(writer) if writer.error else
                                           _publish(work_run, writer, work_run.info, context))
@@ -260,29 +325,34 @@ def _publish_copies(runs: list[_WorkRun], context: Context, wait: bool) -> None:
 
 def _publish(work_run: _WorkRun, writer: copies.CopyWriter, info: images.ImageInfo,
              context: Context) -> Outcome:
-    """One transaction for this (template, store): rows, template.properties, rename, commit."""
-    step, catalog, spec = writer.step, context.catalog, work_run.work.spec
+    """One transaction for this (template, store): rows, template.properties, rename, commit.
+    The first copy of a template also writes what the plan left to it: the template's row
+    when it is new, its zone refs, its state and size."""
+    step, catalog, work = writer.step, context.catalog, work_run.work
+    spec = work.spec
     when = now()
     registering = work_run.template_id is None
     template_id = work_run.template_id
     try:
-        with catalog.transaction():
+        with catalog.transaction(context.guard):
             if registering:
                 template_id = catalog.allocate_template_id()
                 catalog.insert_template(NewTemplate(
                     template_id, work_run.file_uuid, spec.name, spec.url,
-                    work_run.checksum_text, spec.hypervisor.image_format,
-                    work_run.work.guest_os_id, spec.hypervisor.db_name, spec.arch), when)
-                catalog.add_zone_refs(template_id, work_run.work.missing_zone_ids, when)
-            install_path = stores.install_path(template_id, writer.filename)
+                    work_run.checksum_text, spec.hypervisor.image_format, work.guest_os_id,
+                    spec.hypervisor.db_name, spec.arch), when)
+            if not work_run.completed:
+                catalog.add_zone_refs(template_id, work.zone_ids, when)
+            install_path = layout.install_path(template_id, writer.filename)
             ref_id = (step.store_ref.id if step.store_ref else
                       catalog.insert_store_ref(template_id, step.store.id, install_path,
                                                spec.url, when))
             install_path = _place(writer, template_id, spec, info) or install_path
             catalog.mark_store_ref_ready(ref_id, install_path, info.virtual_size,
                                          info.image_size, now())
-            if registering:
-                catalog.activate_template(template_id, info.virtual_size)
+            if registering or (not work_run.completed and work.activate):
+                catalog.update_template(template_id, {"state": "Active",
+                                                      "size": info.virtual_size})
     except BaseException as exc:
         writer.stage.unpublish()
         writer.stage.discard()
@@ -292,6 +362,7 @@ def _publish(work_run: _WorkRun, writer: copies.CopyWriter, info: images.ImageIn
         return Outcome(step, FAILED, template_id if not registering else None, message,
                        source=work_run.source)
     work_run.template_id = template_id
+    work_run.completed = True
     LOG.info("%s: %s template %d on store %d (%s)", spec.label,
              "registered and seeded" if registering else "seeded", template_id, step.store.id,
              install_path)
@@ -309,13 +380,13 @@ def _place(writer: copies.CopyWriter, template_id: int, spec, info: images.Image
     root = writer.stage.root
     planned = writer.step.copy
     there = stores.probe(root, template_id, spec.hypervisor.extension)
-    if ((planned is None or planned.state != "seeded")  # not a copy we were asked to replace
-            and there.state == "seeded" and there.physical_size == info.image_size
+    if ((planned is None or not planned.seeded)  # not a copy we were asked to replace
+            and there.seeded and there.physical_size == info.image_size
             and there.virtual_size == info.virtual_size):
         writer.stage.discard()
         LOG.info("Store %d: kept the identical copy already at %s", writer.step.store.id,
-                 stores.template_dir(root, template_id))
-        return stores.install_path(template_id, there.filename)
+                 layout.template_dir(root, template_id))
+        return layout.install_path(template_id, there.filename)
     writer.stage.write_properties(properties.TemplateProperties(
         template_id, spec.hypervisor.extension, writer.filename, info.image_size,
         info.virtual_size, spec.hypervisor.key))
@@ -323,119 +394,119 @@ def _place(writer: copies.CopyWriter, template_id: int, spec, info: images.Image
     return None
 
 
-# --- rows only -----------------------------------------------------------------------------
+# --- row changes -----------------------------------------------------------------------------
 
 
-def _finish_work(work_run: _WorkRun, context: Context) -> None:
-    for step in (s for s in work_run.work.steps if s.action == plan.ADOPT):
-        work_run.outcomes[step] = _adopt(step, context.catalog, work_run.work.spec.url)
-    ready = [o for o in work_run.outcomes.values() if o.status == READY]
-    if work_run.work.template is not None and ready:
-        _complete_existing(work_run.work, context.catalog, ready)
+class _RowChanges:
+    """The plan's steps after the copies, each change made once its needs hold."""
+
+    def __init__(self, plan: Plan, context: Context, runs: list[_WorkRun],
+                 copies_ran: bool = True):
+        self.plan = plan
+        self.context = context
+        self.ids: dict[TemplateRef, int] = {}  # a plan's template refs -> the ids they got
+        self.by_pair: dict[tuple[str, str], int] = {}  # (hypervisor, arch) -> the same
+        # (template, zone) -> whether each copy this run tried there ended Ready
+        self.tried: dict[tuple[TemplateRef, int], list[bool]] = {}
+        self.made: set = set()  # changes made
+        self.names: dict[TemplateRef, str] = {}  # how to name a template ref in a message
+        for work_run in runs:
+            self.names[work_run.work.ref] = work_run.work.spec.name
+        for work_run in runs if copies_ran else ():
+            refs = {work_run.work.ref, work_run.template_id} - {None}
+            spec = work_run.work.spec
+            for ref in refs:
+                if work_run.template_id:
+                    self.ids[ref] = work_run.template_id
+                    self.by_pair[(spec.hypervisor.key, spec.arch)] = work_run.template_id
+                for step in work_run.work.seed_steps:
+                    self._tried(ref, step, work_run.outcomes[step].status == READY)
+
+    def make(self) -> list[Outcome]:
+        return [self._take(step) for step in self.plan.steps]
+
+    def _tried(self, ref: TemplateRef, step: Step, ok: bool) -> None:
+        self.tried.setdefault((ref, step.zone.id), []).append(ok)
+
+    def _take(self, step: Step) -> Outcome:
+        change = step.change
+        if change is None or step.action == HOLD:  # a note, or a change the plan holds back
+            return _unapplied(step, READY)
+        waiting = self._waiting(change)
+        if waiting:
+            LOG.warning("Held back: %s (%s)", step.reason, waiting)
+            return Outcome(step, HELD, step.template_id,
+                           detail=f"{step.reason}; held back: {waiting}")
+        try:
+            detail = self._make(change)
+        except (SeedError, OSError, ValueError) as exc:
+            LOG.error("%s failed: %s", step.reason, exc)
+            outcome = Outcome(step, FAILED, step.template_id, str(exc))
+        else:
+            self.made.add(change)
+            LOG.info("%s", detail)
+            template_id = (self._id(getattr(change, "template_id", None)) or step.template_id
+                           or self.by_pair.get((step.hypervisor, step.arch)))
+            outcome = Outcome(step, READY, template_id, detail=detail)
+        if step.action == ADOPT:
+            self._tried(change.template_id, step, outcome.status == READY)
+        return outcome
+
+    def _waiting(self, change) -> str:
+        """Why a change must wait, or "" when everything it needs holds."""
+        for template, zone in getattr(change, "needs", ()):
+            results = [ok for (t, z), oks in self.tried.items()
+                       if t == template and (zone is None or z == zone) for ok in oks]
+            where = f"in zone {zone}" if zone is not None else "anywhere"
+            name = self.names.get(template, f"template {template}")
+            if zone is not None and not all(results):
+                return f"a copy of {name} {where} failed"
+            if (template, zone) not in self.plan.ready and not any(results):
+                return f"{name} has no Ready copy {where}"
+        for before in getattr(change, "after", ()):
+            if before not in self.made:
+                return f"it comes after '{before.describe()}', which was not made"
+        return ""
+
+    def _id(self, template: Optional[TemplateRef]) -> Optional[int]:
+        return self.ids.get(template, template if isinstance(template, int) else None)
+
+    def _make(self, change) -> str:
+        """Make one change, in a transaction of its own; its description, as made."""
+        if isinstance(change, RemoveStage):
+            stores.remove_stage(self.context.roots[change.store_id], change.name)
+            return change.describe()
+        catalog, when = self.context.catalog, now()
+        with catalog.transaction(self.context.guard):
+            if isinstance(change, FixRef):
+                ref_id = change.ref_id or catalog.insert_store_ref(
+                    change.template_id, change.store_id, change.install_path, change.url, when)
+                catalog.mark_store_ref_ready(ref_id, change.install_path, change.size,
+                                             change.physical_size, when)
+            elif isinstance(change, SetTemplate):
+                catalog.update_template(change.template_id, _template_changes(change, when))
+            elif isinstance(change, DropRef):
+                catalog.update_store_ref(change.ref_id, {"destroyed": 1})
+            elif isinstance(change, AddZoneRef):
+                catalog.add_zone_refs(change.template_id, [change.zone_id], when)
+            elif isinstance(change, SetSetting):
+                catalog.set_setting(change.name, change.new, when)
+            elif isinstance(change, DropOverride):
+                catalog.delete_overrides([change.id])
+            elif isinstance(change, PointVms):
+                template_id = self._id(change.template_id)
+                if template_id is None:
+                    raise ValueError(f"template {change.template_id} was not registered")
+                catalog.point_vms(change.vm_ids, template_id)
+                return change.describe(template_id)
+            else:  # pragma: no cover - every change type is handled above
+                raise TypeError(change)
+        return change.describe()
 
 
-def _adopt(step: Step, catalog: Catalog, url: str) -> Outcome:
-    """The copy on the store is complete: make its template_store_ref row say so."""
-    copy = step.copy
-    install_path = stores.install_path(step.template_id, copy.filename)
-    if step.store_ref and plan.same_install_path(step.store_ref.install_path, install_path):
-        install_path = step.store_ref.install_path  # keep the recorded spelling
-    try:
-        with catalog.transaction():
-            when = now()
-            ref_id = (step.store_ref.id if step.store_ref else
-                      catalog.insert_store_ref(step.template_id, step.store.id, install_path,
-                                               url, when))
-            catalog.mark_store_ref_ready(ref_id, install_path, copy.virtual_size,
-                                         copy.physical_size, when)
-    except SeedError as exc:
-        return Outcome(step, FAILED, step.template_id, str(exc))
-    LOG.info("Store %d: recorded the existing copy of template %d (%s)",
-             step.store.id, step.template_id, step.reason)
-    return Outcome(step, READY, step.template_id, virtual_size=copy.virtual_size)
-
-
-def _complete_existing(work: TemplateWork, catalog: Catalog, ready: list[Outcome]) -> None:
-    """Zone refs and state of an already registered template, once it has a Ready copy."""
-    template = work.template
-    if not work.missing_zone_ids and not work.activate:
-        return
-    size = template.size or next((o.virtual_size for o in ready if o.virtual_size), 0)
-    with catalog.transaction():
-        if work.missing_zone_ids:
-            catalog.add_zone_refs(template.id, work.missing_zone_ids, now())
-            LOG.info("Template %d: added template_zone_ref rows for zone(s) %s",
-                     template.id, ", ".join(map(str, work.missing_zone_ids)))
-        if work.activate:
-            catalog.activate_template(template.id, size)
-            LOG.info("Template %d: state set to Active", template.id)
-
-
-# --- what CloudStack reads next: settings and system VMs --------------------------------------
-
-CONFIGURE = "configure"
-MINREQ_KEY = "minreq.sysvmtemplate.version"
-
-
-def _point_cloudstack_at(runs: list[_WorkRun], context: Context) -> list[Outcome]:
-    """Point router.template.<hv>, minreq.sysvmtemplate.version and the system VMs of the
-    zones now served at each template that has a Ready copy; report every change."""
-    ready = [r for r in runs if r.template_id is not None and r.ready_zones()]
-    changes: list[Outcome] = []
-    chosen: dict[str, _WorkRun] = {}
-    for work_run in ready:
-        key = work_run.work.spec.hypervisor.key
-        # One router.template.<hv> serves every arch; upstream lets the last arch win, we
-        # keep x86_64, which every zone can run, when both are registered.
-        if key not in chosen or work_run.work.spec.arch == "x86_64":
-            chosen[key] = work_run
-    try:
-        with context.catalog.transaction():
-            for work_run in chosen.values():
-                spec = work_run.work.spec
-                changes += _set(context.catalog, work_run, spec.hypervisor.config_key, spec.name)
-            if chosen:
-                changes += _set(context.catalog, next(iter(chosen.values())), MINREQ_KEY,
-                                context.release)
-            for work_run in ready:
-                changes += _repoint_system_vms(context.catalog, work_run)
-    except SeedError as exc:
-        LOG.error("Updating settings and system VMs failed: %s", exc)
-        step = Step(CONFIGURE, None, None, "", "", reason="settings and system VMs")
-        return [Outcome(step, FAILED, error=str(exc))]
-    return changes
-
-
-def _set(catalog: Catalog, work_run: _WorkRun, name: str, value: str) -> list[Outcome]:
-    spec = work_run.work.spec
-    zones = work_run.ready_zones()
-    removed = catalog.delete_zone_overrides([name], zones)
-    old = catalog.config_value(name)
-    if old == value and not removed:
-        return []
-    if old != value:
-        catalog.set_config(name, value, "Set by cloudstack-sysvm-seed")
-    reason = f"{name}: {old!r} -> {value!r}" if old != value else f"{name}: {value!r}"
-    if removed:
-        reason += f" (removed {removed} zone override(s))"
-    LOG.info("%s", reason)
-    step = Step(CONFIGURE, None, None, spec.hypervisor.key, spec.arch, work_run.template_id,
-                reason)
-    return [Outcome(step, READY, work_run.template_id)]
-
-
-def _repoint_system_vms(catalog: Catalog, work_run: _WorkRun) -> list[Outcome]:
-    spec = work_run.work.spec
-    vms = catalog.system_vms_not_on(work_run.template_id, spec.hypervisor.db_name, spec.arch,
-                                    work_run.ready_zones())
-    if not vms:
-        return []
-    catalog.point_system_vms_at([vm["id"] for vm in vms], work_run.template_id)
-    named = ", ".join(f"{vm['instance_name']} ({vm['type']}, was {vm['vm_template_id']})"
-                      for vm in vms)
-    reason = (f"system VMs now on template {work_run.template_id}: {named}; they use it "
-              "once recreated")
-    LOG.info("%s", reason)
-    step = Step(CONFIGURE, None, None, spec.hypervisor.key, spec.arch, work_run.template_id,
-                reason)
-    return [Outcome(step, READY, work_run.template_id)]
+def _template_changes(change: SetTemplate, when) -> dict:
+    values = {"state": "Inactive", "removed": when} if change.retire else {}
+    for name in ("state", "cross_zones", "size"):
+        if getattr(change, name) is not None:
+            values[name] = getattr(change, name)
+    return values

@@ -1,7 +1,11 @@
-"""All SQL: named, parameterised queries against CloudStack's `cloud` database.
+"""All SQL: one named, parameterised query per question against CloudStack's `cloud`
+database, and every row the tool writes.
 
-The schema's columns are learned once from information_schema, so one code path serves
-databases from 4.11 (no readonly, no deploy_as_is, no arch) to 4.22.
+The schema (columns and their types) is learned once from information_schema, so one code
+path serves databases from 4.11 (no readonly, no deploy_as_is, no arch) to 4.22 (a BIGINT
+`configuration.scope`). Every write goes through that path: a value that does not fit its
+column, or a NOT NULL column the tool cannot fill, is a `SchemaError` naming the table, the
+column and the value, and `check_row` raises it before anything is written.
 """
 
 from __future__ import annotations
@@ -17,71 +21,42 @@ from typing import Callable, Iterable, Iterator, Optional
 import pymysql
 from pymysql.constants import CLIENT
 
+from . import configkeys
 from .dbprops import DbConfig
-from .errors import CatalogError
+from .errors import CatalogError, SchemaError
+from .model import Override, Store, StoreRef, SystemVm, Template, Zone
 
 LOG = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10
-READY_DOWNLOAD_STATES = ("DOWNLOADED", "BYPASSED")
 NFS_VERSION_KEY = "secstorage.nfs.version"  # global setting, also a store detail in 4.22
 NFS_VERSION_DETAIL = "nfs.version"
 _REQUIRED_TABLES = (
     "data_center", "image_store", "cluster", "vm_template", "template_zone_ref",
     "template_store_ref",
 )
-_IDENTIFIER = re.compile(r"^[a-z_]+$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_STRING_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext",
+                           "enum", "set"})
+_INTEGER_BITS = {"tinyint": 8, "smallint": 16, "mediumint": 24, "int": 32, "integer": 32,
+                 "bigint": 64}
+_TIME_TYPES = frozenset({"datetime", "timestamp", "date"})
 
 
 @dataclass(frozen=True)
-class Zone:
-    id: int
-    uuid: str
+class Column:
+    """What information_schema says of one column."""
+
     name: str
-
-
-@dataclass(frozen=True)
-class Store:
-    id: int
-    uuid: str
-    name: str
-    zone_id: Optional[int]  # None for a region-wide store
-    url: str
-    protocol: str
-    provider: str
-    readonly: bool
-    nfs_version: Optional[str] = None  # image_store_details, else secstorage.nfs.version
-
-
-@dataclass(frozen=True)
-class Template:
-    id: int
-    name: str
-    hypervisor: str  # database spelling, e.g. KVM
-    arch: str
-    state: Optional[str]  # None on schemas without the column
-    size: Optional[int]
-    uuid: Optional[str]
-
-
-@dataclass(frozen=True)
-class StoreRef:
-    id: int
-    template_id: int
-    store_id: int
-    state: str
-    download_state: Optional[str]
-    download_pct: Optional[int]
-    install_path: Optional[str]
-    size: Optional[int]
-    physical_size: Optional[int]
-    error_str: Optional[str] = None
-    last_updated: Optional[datetime.datetime] = None
+    data_type: str  # lower case: varchar, bigint, datetime ...
+    max_length: Optional[int]  # characters, for string types
+    nullable: bool
+    has_default: bool  # a default, or auto_increment: it may be left out of an INSERT
+    unsigned: bool = False
 
     @property
-    def ready(self) -> bool:
-        """As CloudStack counts a copy usable (findSystemVMReadyTemplates)."""
-        return self.state == "Ready" and self.download_state in READY_DOWNLOAD_STATES
+    def integer(self) -> bool:
+        return self.data_type in _INTEGER_BITS
 
 
 @dataclass(frozen=True)
@@ -107,20 +82,29 @@ def now() -> datetime.datetime:
 class Catalog:
     """A connection to the cloud database, and every statement the tool runs on it."""
 
-    def __init__(self, connection):
+    # Tables repair may change, each with its key, and the columns a backup is scoped by.
+    BACKUP_KEYS = {
+        "vm_template": "id", "template_zone_ref": "id", "template_store_ref": "id",
+        "configuration": "name", "data_center_details": "id", "vm_instance": "id",
+    }
+    _BACKUP_SCOPES = frozenset({
+        ("vm_template", "id"), ("template_zone_ref", "template_id"),
+        ("template_store_ref", "template_id"), ("configuration", "name"),
+        ("data_center_details", "name"), ("vm_instance", "id"),
+    })
+    # What repair and seed may change in rows they did not insert.
+    _TEMPLATE_CHANGES = frozenset({"state", "cross_zones", "removed", "size"})
+    _REF_CHANGES = frozenset({"destroyed"})
+
+    def __init__(self, connection, config: Optional[DbConfig] = None):
         self.conn = connection
-        self.config: Optional[DbConfig] = None  # set by connect(); needed for named_lock()
-        # Called before every write transaction; the run's lock sets it to check it still
-        # holds the registration lock.
-        self.guard: Callable[[], None] = lambda: None
-        self.columns = self._learn_columns()
+        self.config = config  # to reconnect, and for the lock's own connection
+        self.schema = self._learn_schema()
 
     @classmethod
     def connect(cls, config: DbConfig) -> Catalog:
         """:raises CatalogError: naming the server and the cause, never the password."""
-        catalog = cls(_open(config))
-        catalog.config = config
-        return catalog
+        return cls(_open(config), config)
 
     def named_lock(self) -> NamedLock:
         """A second connection for MySQL user locks, as CloudStack's GlobalLock keeps one."""
@@ -131,14 +115,19 @@ class Catalog:
 
     # --- schema --------------------------------------------------------------------------
 
-    def _learn_columns(self) -> dict[str, frozenset[str]]:
+    def _learn_schema(self) -> dict[str, dict[str, Column]]:
         rows = self._all(
-            "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
-            "WHERE table_schema = DATABASE()"
-        )
-        tables: dict[str, set[str]] = {}
+            "SELECT table_name AS t, column_name AS c, data_type AS type, "
+            "character_maximum_length AS length, is_nullable AS nullable, "
+            "column_default AS dflt, column_type AS ctype, extra "
+            "FROM information_schema.columns WHERE table_schema = DATABASE()")
+        tables: dict[str, dict[str, Column]] = {}
         for row in rows:
-            tables.setdefault(row["t"].lower(), set()).add(row["c"].lower())
+            nullable = row["nullable"] == "YES"
+            tables.setdefault(row["t"].lower(), {})[row["c"].lower()] = Column(
+                row["c"].lower(), (row["type"] or "").lower(), row["length"], nullable,
+                nullable or row["dflt"] is not None or "auto_increment" in (row["extra"] or ""),
+                "unsigned" in (row["ctype"] or ""))
         missing = [t for t in _REQUIRED_TABLES if t not in tables]
         if missing:
             raise CatalogError(
@@ -146,10 +135,35 @@ class Catalog:
                 f"{', '.join(missing)}.",
                 "Check db.cloud.name in db.properties.",
             )
-        return {name: frozenset(cols) for name, cols in tables.items()}
+        return tables
 
     def has(self, table: str, column: str) -> bool:
-        return column in self.columns.get(table, ())
+        return column in self.schema.get(table, {})
+
+    def check_row(self, table: str, values: dict, inserting: bool = True) -> dict:
+        """The values this schema has columns for, each checked against its column.
+
+        :raises SchemaError: for a value that does not fit its column, or (inserting) a
+            NOT NULL column without a default that the values leave out.
+        """
+        columns = self.schema.get(table, {})
+        present = {k: v for k, v in values.items() if k in columns}
+        for name, value in present.items():
+            problem = _misfit(columns[name], value)
+            if problem:
+                raise SchemaError(f"Cannot write {table}.{name} = {value!r}: {problem}.",
+                                  "The database schema is not one this version of the tool "
+                                  "knows; nothing was written. Please report it.")
+        if inserting:
+            unfilled = sorted(c.name for c in columns.values()
+                              if not c.has_default and c.name not in present)
+            if unfilled:
+                raise SchemaError(
+                    f"Cannot insert into {table}: column(s) {', '.join(unfilled)} are NOT NULL "
+                    "without a default, and the tool has no value for them.",
+                    "The database schema is newer than this version of the tool knows; "
+                    "nothing was written. Upgrade cloudstack-sysvm-seed.")
+        return present
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -176,9 +190,9 @@ class Catalog:
     def _nfs_versions(self) -> dict[Optional[int], str]:
         """NFS versions by store id (None: the global secstorage.nfs.version)."""
         versions: dict[Optional[int], str] = {}
-        if "configuration" in self.columns:
-            versions[None] = self.config_value(NFS_VERSION_KEY) or None
-        if "image_store_details" in self.columns:
+        if "configuration" in self.schema:
+            versions[None] = self.settings([NFS_VERSION_KEY]).get(NFS_VERSION_KEY) or None
+        if "image_store_details" in self.schema:
             for row in self._all(
                     "SELECT store_id, value FROM image_store_details WHERE name IN (%s, %s) "
                     "ORDER BY name DESC", (NFS_VERSION_DETAIL, NFS_VERSION_KEY)):
@@ -200,29 +214,17 @@ class Catalog:
                 (r["hypervisor_type"], r["arch"] or "x86_64"))
         return {zone: frozenset(p) for zone, p in pairs.items()}
 
-    def system_templates(self, names: Iterable[str]) -> list[Template]:
-        """Non-removed SYSTEM templates with one of these names, newest first."""
-        names = sorted(set(names))
-        if not names:
-            return []
-        return self._system_templates(f"name IN ({_marks(names)})", names)
-
-    def system_templates_of(self, hypervisor: str, arch: str) -> list[Template]:
-        """Non-removed SYSTEM templates of a hypervisor (and arch, where recorded)."""
-        arch_column = "arch" if self.has("vm_template", "arch") else "'x86_64'"
-        return self._system_templates(f"hypervisor_type = %s AND {arch_column} = %s",
-                                      [hypervisor, arch])
-
-    def _system_templates(self, condition: str, args: list) -> list[Template]:
-        arch = "arch" if self.has("vm_template", "arch") else "NULL"
-        state = "state" if self.has("vm_template", "state") else "NULL"
-        size = "size" if self.has("vm_template", "size") else "NULL"
+    def system_templates(self) -> list[Template]:
+        """Every non-removed SYSTEM template, whatever its name, oldest first."""
+        optional = {"arch": "'x86_64'", "state": "NULL", "size": "NULL"}
+        extra = ", ".join(f"{c if self.has('vm_template', c) else default} AS {c}"
+                          for c, default in optional.items())
         rows = self._all(
-            f"SELECT id, name, hypervisor_type, {arch} AS arch, {state} AS state, "
-            f"{size} AS size, uuid FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL "
-            f"AND {condition} ORDER BY id DESC", args)
+            "SELECT id, uuid, name, hypervisor_type, format, url, cross_zones, "
+            f"{extra} FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL ORDER BY id")
         return [Template(r["id"], r["name"], r["hypervisor_type"] or "", r["arch"] or "x86_64",
-                         r["state"], r["size"], r["uuid"]) for r in rows]
+                         r["state"], r["size"], r["uuid"], bool(r["cross_zones"]),
+                         r["format"] or "", r["url"] or "") for r in rows]
 
     def templates_named(self, name: str) -> list[dict]:
         """Non-removed templates of any type with this name (registration matches names)."""
@@ -230,54 +232,93 @@ class Catalog:
                          "WHERE name = %s AND removed IS NULL ORDER BY id", (name,))
 
     def store_refs(self, template_ids: Iterable[int]) -> list[StoreRef]:
+        """The non-destroyed Image refs of these templates."""
         ids = sorted(set(template_ids))
         if not ids:
             return []
-        marks = ", ".join(["%s"] * len(ids))
         rows = self._all(
             "SELECT id, template_id, store_id, state, download_state, download_pct, "
             "install_path, size, physical_size, error_str, last_updated "
-            f"FROM template_store_ref WHERE template_id IN ({marks}) AND store_role = 'Image' "
-            "AND destroyed = 0 ORDER BY id",
-            ids,
-        )
+            f"FROM template_store_ref WHERE template_id IN ({_marks(ids)}) "
+            "AND store_role = 'Image' AND destroyed = 0 ORDER BY id", ids)
         return [StoreRef(**row) for row in rows]
 
     def zone_refs(self, template_ids: Iterable[int]) -> frozenset[tuple[int, int]]:
+        """(template id, zone id) of the non-removed zone refs of these templates."""
         ids = sorted(set(template_ids))
         if not ids:
             return frozenset()
-        marks = ", ".join(["%s"] * len(ids))
         rows = self._all(
             "SELECT template_id, zone_id FROM template_zone_ref "
-            f"WHERE template_id IN ({marks}) AND removed IS NULL",
-            ids,
-        )
+            f"WHERE template_id IN ({_marks(ids)}) AND removed IS NULL", ids)
         return frozenset((r["template_id"], r["zone_id"]) for r in rows)
+
+    def store_holdings(self) -> frozenset[tuple[int, int]]:
+        """(store id, template id) of every non-destroyed ref, any template."""
+        rows = self._all("SELECT DISTINCT store_id, template_id FROM template_store_ref "
+                         "WHERE destroyed = 0 AND store_id IS NOT NULL")
+        return frozenset((r["store_id"], r["template_id"]) for r in rows)
+
+    def settings(self, names: Iterable[str]) -> dict[str, Optional[str]]:
+        """Global values of these settings; a name without a row is left out."""
+        names = sorted(set(names))
+        if not names or "configuration" not in self.schema:
+            return {}
+        rows = self._all(
+            f"SELECT name, value FROM configuration WHERE name IN ({_marks(names)})", names)
+        return {r["name"]: r["value"] for r in rows}
+
+    def zone_overrides(self, names: Iterable[str]) -> list[Override]:
+        """Zone values of these settings (data_center_details)."""
+        names = sorted(set(names))
+        if not names or "data_center_details" not in self.schema:
+            return []
+        rows = self._all(
+            "SELECT id, dc_id, name, value FROM data_center_details "
+            f"WHERE name IN ({_marks(names)}) ORDER BY id", names)
+        return [Override(r["id"], r["dc_id"], r["name"], r["value"]) for r in rows]
+
+    def system_vms(self) -> list[SystemVm]:
+        """Non-removed VMs of every type but User, with the arch of their host (its last
+        one when stopped; x86_64 where hosts record no arch)."""
+        arch_join, arch = "", "'x86_64'"
+        if self.has("host", "arch"):
+            host = ("COALESCE(vm.host_id, vm.last_host_id)"
+                    if self.has("vm_instance", "last_host_id") else "vm.host_id")
+            arch_join, arch = f"LEFT JOIN host h ON h.id = {host} ", "COALESCE(h.arch, 'x86_64')"
+        rows = self._all(
+            "SELECT vm.id, vm.instance_name, vm.type, vm.data_center_id, vm.hypervisor_type, "
+            f"vm.vm_template_id, {arch} AS arch FROM vm_instance vm {arch_join}"
+            "WHERE vm.removed IS NULL AND vm.type <> 'User' ORDER BY vm.id")
+        return [SystemVm(r["id"], r["instance_name"], r["type"], r["data_center_id"],
+                         r["hypervisor_type"], r["arch"] or "x86_64", r["vm_template_id"])
+                for r in rows]
 
     def guest_os_ids(self, display_names: Iterable[str]) -> dict[str, int]:
         names = sorted(set(display_names))
-        if not names or "guest_os" not in self.columns:
+        if not names or "guest_os" not in self.schema:
             return {}
-        marks = ", ".join(["%s"] * len(names))
         rows = self._all(
             "SELECT display_name, MIN(id) AS id FROM guest_os "
-            f"WHERE removed IS NULL AND display_name IN ({marks}) "
-            "GROUP BY display_name",
-            names,
-        )
+            f"WHERE removed IS NULL AND display_name IN ({_marks(names)}) "
+            "GROUP BY display_name", names)
         return {r["display_name"]: r["id"] for r in rows}
+
+    def database_name(self) -> str:
+        (name,) = self._one("SELECT DATABASE() AS db")
+        return name or ""
 
     # --- writes, inside `transaction()` -----------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, guard: Callable[[], None] = lambda: None) -> Iterator[None]:
         """Commit when the block ends normally; roll back on any exception, interrupts too.
 
-        The connection runs in autocommit mode, so reads outside this block always see fresh
+        guard() runs first: the run's lock checks there that it still holds the lock. The
+        connection runs in autocommit mode, so reads outside this block always see fresh
         rows; BEGIN opens an explicit transaction all the same.
         """
-        self.guard()
+        guard()
         self._reconnect_if_dropped()
         try:
             self.conn.begin()
@@ -314,7 +355,7 @@ class Catalog:
         # No FOR UPDATE here: that would lock vm_template for the management servers.
         (highest,) = self._one("SELECT COALESCE(MAX(id), 0) AS m FROM vm_template")
         candidate = int(highest) + 1  # COALESCE over BIGINT UNSIGNED comes back as Decimal
-        if "sequence" in self.columns:
+        if "sequence" in self.schema:
             row = self._row("SELECT value FROM sequence WHERE name = 'vm_template_seq' FOR UPDATE")
             if row is not None:
                 candidate = max(candidate, int(row["value"]))
@@ -322,233 +363,97 @@ class Catalog:
                               (candidate + 1,))
         return candidate
 
-    def insert_template(self, template: NewTemplate, created: datetime.datetime) -> None:
-        """Insert the vm_template row, Inactive until a copy is Ready (as upstream)."""
-        self._insert("vm_template", {
-            "id": template.id,
-            "uuid": template.uuid,
-            "unique_name": f"routing-{template.id}",
-            "name": template.name,
-            "display_text": template.name,
-            "public": 0,
-            "featured": 0,
-            "type": "SYSTEM",
-            "hvm": 1,
-            "bits": 64,
-            "account_id": 1,
-            "url": template.url,
-            "checksum": template.checksum,
-            "enable_password": 0,
-            "format": template.image_format,
-            "guest_os_id": template.guest_os_id,
-            "cross_zones": 1,
-            "hypervisor_type": template.hypervisor,
-            "created": created,
-            "state": "Inactive",
-            "deploy_as_is": 0,
-            "arch": template.arch,
-        })
+    @staticmethod
+    def template_row(template: NewTemplate, created: datetime.datetime) -> dict:
+        """The vm_template row we register, Inactive until a copy is Ready (as upstream)."""
+        return {
+            "id": template.id, "uuid": template.uuid, "unique_name": f"routing-{template.id}",
+            "name": template.name, "display_text": template.name, "public": 0, "featured": 0,
+            "type": "SYSTEM", "hvm": 1, "bits": 64, "account_id": 1, "url": template.url,
+            "checksum": template.checksum, "enable_password": 0,
+            "format": template.image_format, "guest_os_id": template.guest_os_id,
+            "cross_zones": 1, "hypervisor_type": template.hypervisor, "created": created,
+            "state": "Inactive", "deploy_as_is": 0, "arch": template.arch,
+        }
 
-    def activate_template(self, template_id: int, virtual_size: int) -> None:
-        changes = {"state": "Active", "size": virtual_size}
-        self._update("vm_template", changes, template_id)
+    @staticmethod
+    def store_ref_row(template_id: int, store_id: int, install_path: str, url: str,
+                      when: datetime.datetime) -> dict:
+        """A store ref in its first state (NOT_DOWNLOADED/Allocated), as upstream inserts it."""
+        return {
+            "store_id": store_id, "template_id": template_id, "created": when,
+            "last_updated": when, "download_pct": 0, "download_state": "NOT_DOWNLOADED",
+            "state": "Allocated", "install_path": install_path, "url": url,
+            "store_role": "Image", "physical_size": 0, "is_copy": 0, "destroyed": 0,
+            "update_count": 0, "ref_cnt": 0,
+        }
+
+    @staticmethod
+    def zone_ref_row(template_id: int, zone_id: int, when: datetime.datetime) -> dict:
+        return {"zone_id": zone_id, "template_id": template_id, "created": when,
+                "last_updated": when}
+
+    def setting_row(self, name: str, value: str, when: datetime.datetime) -> dict:
+        """A configuration row as CloudStack's own ConfigKey creates it (see configkeys), with
+        the scope in the form this schema keeps it: a name, or 4.22's bitmask."""
+        key = configkeys.lookup(name)
+        if key is None:
+            raise SchemaError(f"The tool does not know how CloudStack defines {name!r}.")
+        scope = self.schema.get("configuration", {}).get("scope")
+        return {
+            "category": key.category, "instance": "DEFAULT", "component": key.component,
+            "name": key.name, "value": value, "default_value": key.default,
+            "description": key.description, "updated": when, "is_dynamic": int(key.dynamic),
+            "scope": key.scope_bit if scope is not None and scope.integer else key.scope,
+        }
+
+    def insert_template(self, template: NewTemplate, created: datetime.datetime) -> None:
+        self._insert("vm_template", self.template_row(template, created))
 
     def add_zone_refs(self, template_id: int, zone_ids: Iterable[int],
                       when: datetime.datetime) -> None:
         for zone_id in zone_ids:
-            self._insert("template_zone_ref", {
-                "zone_id": zone_id, "template_id": template_id, "created": when,
-                "last_updated": when,
-            })
+            self._insert("template_zone_ref", self.zone_ref_row(template_id, zone_id, when))
 
     def insert_store_ref(self, template_id: int, store_id: int, install_path: str, url: str,
                          when: datetime.datetime) -> int:
-        """A store ref in its first state (NOT_DOWNLOADED/Allocated), as upstream inserts it."""
-        return self._insert("template_store_ref", {
-            "store_id": store_id,
-            "template_id": template_id,
-            "created": when,
-            "last_updated": when,
-            "download_pct": 0,
-            "download_state": "NOT_DOWNLOADED",
-            "state": "Allocated",
-            "install_path": install_path,
-            "url": url,
-            "store_role": "Image",
-            "physical_size": 0,
-            "is_copy": 0,
-            "destroyed": 0,
-            "update_count": 0,
-            "ref_cnt": 0,
-        })
+        return self._insert("template_store_ref", self.store_ref_row(
+            template_id, store_id, install_path, url, when))
 
     def mark_store_ref_ready(self, ref_id: int, install_path: str, virtual_size: int,
                              physical_size: int, when: datetime.datetime) -> None:
         self._update("template_store_ref", {
-            "download_state": "DOWNLOADED",
-            "state": "Ready",
-            "download_pct": 100,
-            "install_path": install_path,
-            "size": virtual_size,
-            "physical_size": physical_size,
-            "error_str": None,
-            "last_updated": when,
+            "download_state": "DOWNLOADED", "state": "Ready", "download_pct": 100,
+            "install_path": install_path, "size": virtual_size, "physical_size": physical_size,
+            "error_str": None, "last_updated": when,
         }, ref_id)
 
-    # --- what CloudStack reads after registration ------------------------------------------
-
-    def config_value(self, name: str) -> Optional[str]:
-        row = self._row("SELECT value FROM configuration WHERE name = %s", (name,))
-        return row["value"] if row else None
-
-    def set_config(self, name: str, value: str, description: str) -> None:
-        """Set a global setting, inserting the row when it is missing.
-
-        Upstream's plain UPDATE reported success when no row matched; here a missing row is
-        inserted, so the value always lands.
-        """
-        changes = {"value": value, "updated": now()}
-        present = {k: v for k, v in changes.items() if self.has("configuration", k)}
-        assignments = ", ".join(f"{k} = %s" for k in present)
-        matched = self._execute(f"UPDATE configuration SET {assignments} WHERE name = %s",
-                                [*present.values(), name])
-        if matched == 0:
-            self._insert("configuration", {
-                "category": "Advanced", "instance": "DEFAULT",
-                "component": "ManagementServer", "name": name, "value": value,
-                "default_value": value, "description": description, "updated": now(),
-                "scope": "Global", "is_dynamic": 0,
-            })
-
-    def delete_zone_overrides(self, names: Iterable[str], zone_ids: Iterable[int]) -> int:
-        """Zone-level values of these settings (data_center_details), which would hide ours."""
-        names, zones = sorted(set(names)), sorted(set(zone_ids))
-        if not names or not zones or "data_center_details" not in self.columns:
-            return 0
-        return self._execute(
-            f"DELETE FROM data_center_details WHERE name IN ({_marks(names)}) "
-            f"AND dc_id IN ({_marks(zones)})", [*names, *zones])
-
-    def system_vms_not_on(self, template_id: int, hypervisor: str, arch: str,
-                          zone_ids: Iterable[int]) -> list[dict]:
-        """Non-removed system VMs of a hypervisor (and arch, where hosts record one) in these
-        zones that use another template. A VM without a host counts as x86_64."""
-        zones = sorted(set(zone_ids))
-        if not zones:
-            return []
-        arch_join, arch_test, args = "", "", [template_id, hypervisor, *zones]
-        if self.has("host", "arch"):
-            arch_join = "LEFT JOIN host h ON h.id = COALESCE(vm.host_id, vm.last_host_id) "
-            arch_test = "AND COALESCE(h.arch, 'x86_64') = %s "
-            args.append(arch)
-        return self._all(
-            "SELECT vm.id, vm.instance_name, vm.type, vm.data_center_id, vm.vm_template_id "
-            f"FROM vm_instance vm {arch_join}"
-            "WHERE vm.removed IS NULL AND vm.type <> 'User' AND vm.vm_template_id <> %s "
-            f"AND vm.hypervisor_type = %s AND vm.data_center_id IN ({_marks(zones)}) "
-            f"{arch_test}ORDER BY vm.id", args)
-
-    def point_system_vms_at(self, vm_ids: Iterable[int], template_id: int) -> int:
-        ids = sorted(set(vm_ids))
-        if not ids:
-            return 0
-        return self._execute(
-            f"UPDATE vm_instance SET vm_template_id = %s WHERE id IN ({_marks(ids)})",
-            [template_id, *ids])
-
-    # --- doctor and repair ---------------------------------------------------------------
-
-    # Tables repair may change, each with its key, and the columns a backup is scoped by.
-    BACKUP_KEYS = {
-        "vm_template": "id", "template_zone_ref": "id", "template_store_ref": "id",
-        "configuration": "name", "data_center_details": "id", "vm_instance": "id",
-    }
-    _BACKUP_SCOPES = frozenset({
-        ("vm_template", "id"), ("template_zone_ref", "template_id"),
-        ("template_store_ref", "template_id"), ("configuration", "name"),
-        ("data_center_details", "name"), ("vm_instance", "id"),
-    })
-    _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
-    _TEMPLATE_REPAIRS = frozenset({"state", "cross_zones", "removed", "size"})
-    _REF_REPAIRS = frozenset({"install_path", "size", "physical_size", "state",
-                              "download_state", "download_pct", "error_str", "last_updated",
-                              "destroyed"})
-
-    def database_name(self) -> str:
-        (name,) = self._one("SELECT DATABASE() AS db")
-        return name or ""
-
-    def doctor_templates(self) -> list[dict]:
-        """Every non-removed SYSTEM template, whatever its name, with what doctor checks."""
-        optional = {"arch": "'x86_64'", "state": "NULL", "size": "NULL"}
-        extra = ", ".join(f"{c if self.has('vm_template', c) else default} AS {c}"
-                          for c, default in optional.items())
-        return self._all(
-            "SELECT id, uuid, name, hypervisor_type, format, url, cross_zones, "
-            f"{extra} FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL ORDER BY id")
-
-    def doctor_zone_refs(self, template_ids: Iterable[int]) -> list[dict]:
-        ids = sorted(set(template_ids))
-        if not ids:
-            return []
-        return self._all(
-            "SELECT id, template_id, zone_id FROM template_zone_ref "
-            f"WHERE template_id IN ({_marks(ids)}) AND removed IS NULL ORDER BY id", ids)
-
-    def doctor_store_holdings(self, store_ids: Iterable[int]) -> frozenset[tuple[int, int]]:
-        """(store id, template id) of every non-destroyed ref on these stores, any template."""
-        ids = sorted(set(store_ids))
-        if not ids:
-            return frozenset()
-        rows = self._all(
-            "SELECT DISTINCT store_id, template_id FROM template_store_ref "
-            f"WHERE store_id IN ({_marks(ids)}) AND destroyed = 0", ids)
-        return frozenset((r["store_id"], r["template_id"]) for r in rows)
-
-    def doctor_settings(self, names: Iterable[str]) -> dict[str, Optional[str]]:
-        """Global values of these settings; a name without a row is left out."""
-        names = sorted(set(names))
-        if not names:
-            return {}
-        rows = self._all(
-            f"SELECT name, value FROM configuration WHERE name IN ({_marks(names)})", names)
-        return {r["name"]: r["value"] for r in rows}
-
-    def doctor_zone_overrides(self, names: Iterable[str]) -> list[dict]:
-        names = sorted(set(names))
-        if not names or "data_center_details" not in self.columns:
-            return []
-        return self._all(
-            "SELECT id, dc_id, name, value FROM data_center_details "
-            f"WHERE name IN ({_marks(names)}) ORDER BY id", names)
-
-    def doctor_system_vms(self) -> list[dict]:
-        """Non-removed system VMs (every type but User), with the arch of their host."""
-        arch_join, arch = "", "'x86_64'"
-        if self.has("host", "arch"):
-            host = ("COALESCE(vm.host_id, vm.last_host_id)"
-                    if self.has("vm_instance", "last_host_id") else "vm.host_id")
-            arch_join, arch = f"LEFT JOIN host h ON h.id = {host} ", "COALESCE(h.arch, 'x86_64')"
-        return self._all(
-            "SELECT vm.id, vm.instance_name, vm.type, vm.data_center_id, vm.hypervisor_type, "
-            f"vm.vm_template_id, {arch} AS arch FROM vm_instance vm {arch_join}"
-            "WHERE vm.removed IS NULL AND vm.type <> 'User' ORDER BY vm.id")
-
-    def repair_template(self, template_id: int, changes: dict) -> None:
-        assert set(changes) <= self._TEMPLATE_REPAIRS, changes
+    def update_template(self, template_id: int, changes: dict) -> None:
+        assert set(changes) <= self._TEMPLATE_CHANGES, changes
         self._update("vm_template", changes, template_id)
 
-    def repair_store_ref(self, ref_id: int, changes: dict) -> None:
-        assert set(changes) <= self._REF_REPAIRS, changes
+    def update_store_ref(self, ref_id: int, changes: dict) -> None:
+        assert set(changes) <= self._REF_CHANGES, changes
         self._update("template_store_ref", changes, ref_id)
 
-    def repair_delete_zone_overrides(self, override_ids: Iterable[int]) -> int:
+    def set_setting(self, name: str, value: str, when: datetime.datetime) -> None:
+        """Set a global setting's value, inserting the row as CloudStack defines it when it is
+        missing (upstream's plain UPDATE reported success when no row matched)."""
+        changes = self.check_row("configuration", {"value": value, "updated": when},
+                                 inserting=False)
+        assignments = ", ".join(f"{k} = %s" for k in changes)
+        matched = self._execute(f"UPDATE configuration SET {assignments} WHERE name = %s",
+                                [*changes.values(), name])
+        if matched == 0:
+            self._insert("configuration", self.setting_row(name, value, when))
+
+    def delete_overrides(self, override_ids: Iterable[int]) -> int:
         ids = sorted(set(override_ids))
         if not ids:
             return 0
         return self._execute(f"DELETE FROM data_center_details WHERE id IN ({_marks(ids)})", ids)
 
-    def repair_point_vms(self, vm_ids: Iterable[int], template_id: int) -> int:
+    def point_vms(self, vm_ids: Iterable[int], template_id: int) -> int:
         """Point these system VMs at a template; the removed and the already pointed stay."""
         ids = sorted(set(vm_ids))
         if not ids:
@@ -558,11 +463,13 @@ class Catalog:
             "AND (vm_template_id IS NULL OR vm_template_id <> %s) "
             f"AND id IN ({_marks(ids)})", [template_id, template_id, *ids])
 
+    # --- backups (repair and its undo) -------------------------------------------------------
+
     def backup_rows(self, table: str, column: str, values: Iterable) -> list[dict]:
         """Whole rows of a table repair may change, by one of the scopes it backs up."""
         assert (table, column) in self._BACKUP_SCOPES, (table, column)
         values = sorted(set(values))
-        if not values or table not in self.columns:
+        if not values or table not in self.schema:
             return []
         key = self.BACKUP_KEYS[table]
         return self._all(
@@ -572,22 +479,14 @@ class Catalog:
         """Put these columns of a backed-up row back; returns the rows matched (0: gone)."""
         key = self.BACKUP_KEYS[table]
         names = [c for c in columns if c != key and self.has(table, c)]
-        for name in names:
-            assert self._COLUMN.match(name), name
         if not names:
             return 0
-        assignments = ", ".join(f"{name} = %s" for name in names)
-        return self._execute(f"UPDATE {table} SET {assignments} WHERE {key} = %s",
-                             [*(row[n] for n in names), row[key]])
+        return self._update_where(table, {n: row[n] for n in names}, key, row[key])
 
     def reinsert_row(self, table: str, row: dict) -> None:
         """Insert a backed-up row again, with its key, as it was."""
         assert table in self.BACKUP_KEYS, table
-        names = [c for c in row if self.has(table, c)]
-        for name in names:
-            assert self._COLUMN.match(name), name
-        self._execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({_marks(names)})",
-                      [row[n] for n in names])
+        self._insert(table, row)
 
     def delete_backup_rows(self, table: str, keys: Iterable) -> int:
         """Delete rows (by key) that repair added within a backed-up scope."""
@@ -601,26 +500,27 @@ class Catalog:
     # --- plumbing ------------------------------------------------------------------------
 
     def _insert(self, table: str, values: dict) -> int:
-        """INSERT the columns this schema has; names are ours, values are parameters."""
-        present = {k: v for k, v in values.items() if self.has(table, k)}
+        """INSERT the columns this schema has, each value checked against its column."""
+        present = self.check_row(table, values)
         names = list(present)
         for name in [table, *names]:
             assert _IDENTIFIER.match(name), name
-        sql = (f"INSERT INTO {table} ({', '.join(names)}) "
-               f"VALUES ({', '.join(['%s'] * len(names))})")
+        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({_marks(names)})"
         with self.conn.cursor() as cursor:
             cursor.execute(sql, [present[n] for n in names])
             return cursor.lastrowid
 
     def _update(self, table: str, values: dict, row_id: int) -> None:
-        present = {k: v for k, v in values.items() if self.has(table, k)}
-        for name in [table, *present]:
+        if self._update_where(table, values, "id", row_id) != 1:
+            raise CatalogError(f"{table} row {row_id} vanished while it was being updated.")
+
+    def _update_where(self, table: str, values: dict, key: str, value) -> int:
+        present = self.check_row(table, values, inserting=False)
+        for name in [table, key, *present]:
             assert _IDENTIFIER.match(name), name
         assignments = ", ".join(f"{name} = %s" for name in present)
-        rows = self._execute(f"UPDATE {table} SET {assignments} WHERE id = %s",
-                             [*present.values(), row_id])
-        if rows != 1:
-            raise CatalogError(f"{table} row {row_id} vanished while it was being updated.")
+        return self._execute(f"UPDATE {table} SET {assignments} WHERE {key} = %s",
+                             [*present.values(), value])
 
     def _execute(self, sql: str, args=()) -> int:
         with self.conn.cursor() as cursor:
@@ -645,6 +545,27 @@ class Catalog:
         except pymysql.MySQLError as exc:
             # The connection may be gone; the server then rolls back by itself.
             LOG.warning("Rollback failed: %s", _reason(exc))
+
+
+def _misfit(column: Column, value) -> str:
+    """Why a value does not fit a column in strict mode, or ""."""
+    if value is None:
+        return "" if column.nullable else "the column is NOT NULL"
+    if column.integer:
+        if not isinstance(value, int):  # bool is an int: MySQL stores True as 1
+            return f"the column is {column.data_type}, not {type(value).__name__}"
+        bits = _INTEGER_BITS[column.data_type] - (0 if column.unsigned else 1)
+        low = 0 if column.unsigned else -(1 << bits)
+        if not low <= value < (1 << bits):
+            return f"out of range for {column.data_type}{' unsigned' if column.unsigned else ''}"
+    elif column.data_type in _STRING_TYPES:
+        text = value if isinstance(value, str) else str(value)
+        if column.max_length is not None and len(text) > column.max_length:
+            return (f"{len(text)} characters do not fit {column.data_type}"
+                    f"({column.max_length})")
+    elif column.data_type in _TIME_TYPES and not isinstance(value, (datetime.date, str)):
+        return f"the column is {column.data_type}"
+    return ""
 
 
 class NamedLock:
@@ -673,7 +594,7 @@ class NamedLock:
                                "Rerun: it picks up where this run stopped.")
 
     def holder(self, name: str) -> Optional[str]:
-        """Who holds a lock (connection, host), or None when it is free."""
+        """Who holds a lock (connection, host, what it is doing, for how long), or None."""
         row = self._row("SELECT IS_USED_LOCK(%s) AS id", (name,))
         if not row or row["id"] is None:
             return None

@@ -23,17 +23,16 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 from . import progress, stores
 from .errors import SeedError, StoreFull
-from .plan import Step
+from .model import Step
+from .settings import DEFAULT_STALL_TIMEOUT
 
 LOG = logging.getLogger(__name__)
 
 MEMORY_CHUNKS = 8  # of up to 1 MiB: the most a backlog holds in memory before it spills
 PASS_MEMORY_CHUNKS = 32  # about the most the backlogs of one pass hold in memory together
 SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
-DEFAULT_STALL_TIMEOUT = 120.0
 START_GRACE = 5.0  # how long the pass waits for every store to be checked before it begins
 _DATA = ("image", "member")  # operations that carry image bytes
-_SETTLED = threading.Condition()  # notified whenever a writer finishes or fails
 
 
 class CopyWriter:
@@ -45,7 +44,9 @@ class CopyWriter:
 
     def __init__(self, step: Step, root: str, filename: str, needed: int = 0,
                  stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-                 spool_dir: Optional[str] = None, memory_chunks: int = MEMORY_CHUNKS):
+                 spool_dir: Optional[str] = None, memory_chunks: int = MEMORY_CHUNKS,
+                 pool: Optional[WriterPool] = None):
+        self.pool = pool or WriterPool()  # a lone writer is a pool of its own
         self.step = step
         self.root = root
         self.filename = filename
@@ -86,7 +87,7 @@ class CopyWriter:
     def finish(self) -> None:
         """end(), then wait; afterwards `error` says whether the copy is whole."""
         self.end()
-        for _ in as_finished([self]):
+        for _ in self.pool.as_finished([self]):
             pass
 
     def settled(self) -> bool:
@@ -151,7 +152,7 @@ class CopyWriter:
                                  "disk", self.step.store.id, self.backlog.spilled >> 20)
                     self.backlog.close()
                     self.finished.set()
-                    _notify_settled()
+                    self.pool.notify()
                     return
         finally:
             self.backlog.close()
@@ -163,12 +164,12 @@ class CopyWriter:
         except (OSError, SeedError) as exc:
             self.error = (store_error(exc, self.step) if isinstance(exc, OSError)
                           else str(exc))
-            _notify_settled()
+            self.pool.notify()
         finally:
             self.busy_since = None
             if kind == "start":
                 self.started.set()
-                _notify_settled()
+                self.pool.notify()
 
     def _do(self, kind: str, data) -> None:
         if kind == "start":
@@ -205,41 +206,52 @@ def memory_share(writers: int) -> int:
     return max(2, min(MEMORY_CHUNKS, PASS_MEMORY_CHUNKS // max(1, writers)))
 
 
-def wait_started(writers: Iterable[CopyWriter], timeout: float = START_GRACE) -> None:
-    """Until each writer has checked its store (or `timeout`), so that stores refusing the
-    copy are named before the pass, while a store slow to answer does not hold it back."""
-    deadline = time.monotonic() + timeout
-    with _SETTLED:
-        while not all(writer.started.is_set() or writer.settled() for writer in writers):
-            left = deadline - time.monotonic()
-            if left <= 0:
+class WriterPool:
+    """The writers of one run, and the condition each one signals when its copy is whole or
+    given up, so that the reading thread sleeps until there is something to publish."""
+
+    def __init__(self):
+        self.settled = threading.Condition()
+
+    def notify(self) -> None:
+        with self.settled:
+            self.settled.notify_all()
+
+    def wait_started(self, writers: Iterable[CopyWriter], timeout: float = START_GRACE) -> None:
+        """Until each writer has checked its store (or `timeout`), so that stores refusing
+        the copy are named before the pass, while a store slow to answer does not hold it
+        back."""
+        deadline = time.monotonic() + timeout
+        with self.settled:
+            while not all(writer.started.is_set() or writer.settled() for writer in writers):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.settled.wait(left)
+
+    def as_finished(self, writers: Iterable[CopyWriter], wait: bool = True,
+                    poll: float = 1.0) -> Iterator[CopyWriter]:
+        """Each writer once its copy is whole or given up (a failed copy's stage is removed
+        first), soonest first, so a fast store's copy is published while a slow one writes.
+        Without `wait`, only the writers settled already."""
+        pending = list(writers)
+        reported = time.monotonic()
+        while pending:
+            with self.settled:
+                done = [writer for writer in pending if writer.settled()]
+                if not done and wait:
+                    self.settled.wait(poll)  # woken by a writer; the timeout catches stalls
+                    if time.monotonic() - reported >= progress.INTERVAL:
+                        reported = time.monotonic()
+                        _report_lagging(pending)
+                    continue
+            for writer in done:
+                pending.remove(writer)
+                if writer.error:
+                    writer.fail(writer.error)
+                yield writer
+            if not wait:
                 return
-            _SETTLED.wait(left)
-
-
-def as_finished(writers: Iterable[CopyWriter], wait: bool = True,
-                poll: float = 1.0) -> Iterator[CopyWriter]:
-    """Each writer once its copy is whole or given up (a failed copy's stage is removed
-    first), soonest first, so a fast store's copy is published while a slow one writes.
-    Without `wait`, only the writers settled already."""
-    pending = list(writers)
-    reported = time.monotonic()
-    while pending:
-        with _SETTLED:
-            done = [writer for writer in pending if writer.settled()]
-            if not done and wait:
-                _SETTLED.wait(poll)  # woken by a writer; the timeout catches stalls
-                if time.monotonic() - reported >= progress.INTERVAL:
-                    reported = time.monotonic()
-                    _report_lagging(pending)
-                continue
-        for writer in done:
-            pending.remove(writer)
-            if writer.error:
-                writer.fail(writer.error)
-            yield writer
-        if not wait:
-            return
 
 
 def _report_lagging(writers: list[CopyWriter]) -> None:
@@ -247,11 +259,6 @@ def _report_lagging(writers: list[CopyWriter]) -> None:
         store = writer.step.store
         LOG.info("Still writing to store %d (%s): %d MiB to go", store.id, store.url,
                  writer.backlog.pending >> 20)
-
-
-def _notify_settled() -> None:
-    with _SETTLED:
-        _SETTLED.notify_all()
 
 
 class _Spooled(NamedTuple):

@@ -12,15 +12,31 @@ retires no longer count).
 
 from __future__ import annotations
 
-import datetime
-import re
-from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
-from . import hypervisors, stores
-from .catalog import Store, StoreRef, Zone
-from .plan import same_install_path
-from .stores import StoreCopy
+from . import hypervisors, layout, versions
+from .layout import same_install_path
+from .model import (
+    AddZoneRef,
+    Change,
+    CopyTemplate,
+    DropOverride,
+    DropRef,
+    FixRef,
+    PointVms,
+    RemoveStage,
+    SetSetting,
+    SetTemplate,
+    Snapshot,
+    Store,
+    StoreCopy,
+    StoreRef,
+    StoreSurvey,
+    SystemVm,
+    Template,
+    Zone,
+)
 
 DUPLICATE_ZONE_TEMPLATES = "duplicate-zone-templates"
 MISSING_ZONE_REF = "missing-zone-ref"
@@ -33,95 +49,14 @@ ROUTER_TEMPLATE_MISMATCH = "router-template-mismatch"
 ORPHAN_DIRECTORY = "orphan-directory"
 STALE_STAGING = "stale-staging"
 SYSTEM_VMS_ON_OLD_TEMPLATE = "system-vms-on-old-template"
+OLDER_TEMPLATE_IN_USE = "older-template-in-use"
 STORE_UNREACHABLE = "store-unreachable"
-CODES = (
-    DUPLICATE_ZONE_TEMPLATES, MISSING_ZONE_REF, STORE_MISSING_TEMPLATE, STORE_REF_NOT_READY,
-    INSTALL_PATH_MISMATCH, SIZE_ZERO, DUPLICATE_STORE_REF, ROUTER_TEMPLATE_MISMATCH,
-    ORPHAN_DIRECTORY, STALE_STAGING, SYSTEM_VMS_ON_OLD_TEMPLATE, STORE_UNREACHABLE,
-)
-
-STALE_AFTER = 3600.0  # seconds: an older stage, or download "in progress", is abandoned
-_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)*")
 _RECREATE = {
     "SecondaryStorageVm": "destroy it; CloudStack recreates it from the new template",
     "ConsoleProxy": "destroy it; CloudStack recreates it from the new template",
     "DomainRouter": "restart its network or VPC with cleanup=true",
     "InternalLoadBalancerVm": "restart its network or VPC with cleanup=true",
 }
-
-
-# --- the snapshot ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SysTemplate:
-    id: int
-    uuid: str
-    name: str
-    hypervisor: str  # database spelling, e.g. XenServer
-    arch: str
-    state: Optional[str]  # None on schemas without the column
-    size: Optional[int]
-    cross_zones: bool
-    image_format: str
-    url: str = ""
-
-    @property
-    def active(self) -> bool:
-        return self.state in (None, "Active")
-
-    @property
-    def label(self) -> str:
-        return f"{self.id} ({self.name})"
-
-
-@dataclass(frozen=True)
-class Override:
-    """A zone's value of a setting (data_center_details)."""
-
-    id: int
-    zone_id: int
-    name: str
-    value: Optional[str]
-
-
-@dataclass(frozen=True)
-class SystemVm:
-    id: int
-    name: str
-    type: str
-    zone_id: int
-    hypervisor: Optional[str]
-    arch: str
-    template_id: Optional[int]
-
-
-@dataclass(frozen=True)
-class Survey:
-    """What one mounted store holds."""
-
-    store_id: int
-    error: str = ""  # the store could not be mounted or read
-    directories: tuple[int, ...] = ()  # template/tmpl/1/<id> directories
-    copies: Mapping[int, StoreCopy] = field(default_factory=dict)  # probed, by template id
-    stages: tuple[tuple[str, float], ...] = ()  # (name, age in seconds) of our stages
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    zones: tuple[Zone, ...]
-    stores: tuple[Store, ...]
-    zone_hypervisors: Mapping[int, frozenset[tuple[str, str]]]
-    templates: tuple[SysTemplate, ...]  # non-removed SYSTEM templates
-    refs: tuple[StoreRef, ...] = ()  # of those templates
-    zone_refs: frozenset[tuple[int, int]] = frozenset()  # (template id, zone id)
-    holdings: frozenset[tuple[int, int]] = frozenset()  # (store id, template id), any template
-    settings: Mapping[str, Optional[str]] = field(default_factory=dict)  # router.template.*
-    overrides: tuple[Override, ...] = ()
-    system_vms: tuple[SystemVm, ...] = ()
-    surveys: Mapping[int, Survey] = field(default_factory=dict)  # by store id
-    now: Optional[datetime.datetime] = None  # UTC, to age download states
-    stale_after: float = STALE_AFTER
 
 
 # --- findings and what repair does about them ------------------------------------------------
@@ -150,124 +85,7 @@ class Finding:
         }
 
 
-Needs = tuple[tuple[int, int], ...]  # (template id, zone id) pairs that must be Ready first
-
-
-@dataclass(frozen=True)
-class SetTemplate:
-    template_id: int
-    state: Optional[str] = None
-    cross_zones: Optional[int] = None
-    retire: bool = False  # state Inactive and removed set; files kept
-    size: Optional[int] = None
-    needs: Needs = ()
-
-    def describe(self) -> str:
-        if self.retire:
-            return f"vm_template {self.template_id}: state Inactive, removed set (files kept)"
-        changes = [f"{k}={v}" for k, v in (("cross_zones", self.cross_zones),
-                                           ("state", self.state), ("size", self.size))
-                   if v is not None]
-        return f"vm_template {self.template_id}: {', '.join(changes)}"
-
-
-@dataclass(frozen=True)
-class FixRef:
-    """Record the complete copy on the store: update the ref (or insert one) to match it."""
-
-    template_id: int
-    store_id: int
-    ref_id: Optional[int]
-    install_path: str
-    size: int
-    physical_size: int
-
-    def describe(self) -> str:
-        what = f"template_store_ref {self.ref_id}" if self.ref_id else "new template_store_ref"
-        return (f"{what} for template {self.template_id} on store {self.store_id}: Ready, "
-                f"{self.install_path}, size {self.size}, physical {self.physical_size}")
-
-
-@dataclass(frozen=True)
-class DropRef:
-    ref_id: int
-    template_id: int
-    store_id: int
-
-    def describe(self) -> str:
-        return (f"template_store_ref {self.ref_id} (template {self.template_id}, store "
-                f"{self.store_id}): destroyed=1, a duplicate")
-
-
-@dataclass(frozen=True)
-class CopyTemplate:
-    """Seed a template onto a store; source_store None: the file metadata.ini bundles."""
-
-    template_id: int
-    zone_id: int
-    store_id: int
-    ref_id: Optional[int]
-    source_store: Optional[int]
-
-    def describe(self) -> str:
-        source = ("the bundled file" if self.source_store is None
-                  else f"the copy on store {self.source_store}")
-        return f"copy template {self.template_id} to store {self.store_id} from {source}"
-
-
-@dataclass(frozen=True)
-class AddZoneRef:
-    template_id: int
-    zone_id: int
-
-    def describe(self) -> str:
-        return f"template_zone_ref for template {self.template_id} in zone {self.zone_id}"
-
-
-@dataclass(frozen=True)
-class SetSetting:
-    name: str
-    old: Optional[str]
-    new: str
-
-    def describe(self) -> str:
-        return f"{self.name}: {self.old!r} -> {self.new!r}"
-
-
-@dataclass(frozen=True)
-class DropOverride:
-    id: int
-    zone_id: int
-    name: str
-    value: Optional[str]
-
-    def describe(self) -> str:
-        return f"zone {self.zone_id} override {self.name}={self.value!r}: deleted"
-
-
-@dataclass(frozen=True)
-class PointVms:
-    template_id: int
-    zone_id: int
-    vm_ids: tuple[int, ...]
-    needs: Needs = ()
-
-    def describe(self) -> str:
-        return (f"vm_instance {', '.join(map(str, self.vm_ids))} in zone {self.zone_id}: "
-                f"vm_template_id -> {self.template_id}")
-
-
-@dataclass(frozen=True)
-class RemoveStage:
-    store_id: int
-    name: str
-
-    def describe(self) -> str:
-        return f"store {self.store_id}: delete stale stage {stores.WORK_DIR}/stage/{self.name}"
-
-
-Action = Union[SetTemplate, FixRef, DropRef, CopyTemplate, AddZoneRef, SetSetting,
-               DropOverride, PointVms, RemoveStage]
+Action = Change
 
 
 @dataclass(frozen=True)
@@ -310,7 +128,7 @@ def decide(snapshot: Snapshot, bundled: frozenset[int] = frozenset()) -> RepairP
     # Copies are planned first: whether duplicates can be retired, settings changed and
     # system VMs moved depends on where the current templates will be Ready.
     for step in (_refs, _coverage, _template_sizes, _router_settings, _system_vms,
-                 _leftovers):
+                 _rollbacks, _leftovers):
         decisions.extend(step(model))
     decisions = [*_unreachable(model), *_duplicates(model), *decisions]
     needed = {need for d in decisions for a in d.actions for need in getattr(a, "needs", ())}
@@ -327,11 +145,11 @@ class _Group:
     hypervisor: str  # key
     arch: str
     label: str  # the name or version the members share
-    members: tuple[SysTemplate, ...]
-    survivor: SysTemplate
+    members: tuple[Template, ...]
+    survivor: Template
 
     @property
-    def duplicates(self) -> tuple[SysTemplate, ...]:
+    def duplicates(self) -> tuple[Template, ...]:
         return tuple(t for t in self.members if t.id != self.survivor.id)
 
 
@@ -342,7 +160,7 @@ class _Model:
         self.templates = {t.id: t for t in s.templates}
         self.stores = {st.id: st for st in s.stores}
         self.refs: dict[tuple[int, int], list[StoreRef]] = {}
-        for ref in sorted(s.refs, key=lambda r: r.id):
+        for ref in sorted(s.store_refs, key=lambda r: r.id):
             if ref.template_id in self.templates:
                 self.refs.setdefault((ref.template_id, ref.store_id), []).append(ref)
         self.primary = {pair: self._primary(pair, refs) for pair, refs in self.refs.items()}
@@ -369,19 +187,15 @@ class _Model:
 
     def targets(self, zone_id: int) -> list[Store]:
         """The zone's writable NFS stores: where system templates must be."""
-        return [st for st in self.s.stores
-                if st.zone_id == zone_id and st.protocol == "nfs" and not st.readonly]
+        return self.s.usable_stores(zone_id)
 
-    def survey(self, store_id: int) -> Optional[Survey]:
+    def survey(self, store_id: int) -> Optional[StoreSurvey]:
         survey = self.s.surveys.get(store_id)
         return survey if survey is not None and not survey.error else None
 
-    def copy(self, template: SysTemplate, store_id: int) -> Optional[StoreCopy]:
+    def copy(self, template: Template, store_id: int) -> Optional[StoreCopy]:
         """What the store holds for the template; None when the store was not looked at."""
-        survey = self.survey(store_id)
-        if survey is None:
-            return None
-        return survey.copies.get(template.id, StoreCopy("absent"))
+        return self.s.copy(store_id, template.id)
 
     def zone_of(self, store_id: int) -> Optional[int]:
         store = self.stores.get(store_id)
@@ -390,27 +204,27 @@ class _Model:
     # templates
 
     @staticmethod
-    def pair_of(template: SysTemplate) -> Optional[tuple[str, str]]:
+    def pair_of(template: Template) -> Optional[tuple[str, str]]:
         hypervisor = hypervisors.by_db_name(template.hypervisor or "")
         return (hypervisor.key, template.arch) if hypervisor else None
 
-    def template_zones(self, template: SysTemplate) -> set[int]:
+    def template_zones(self, template: Template) -> set[int]:
         zones = {z for t, z in self.s.zone_refs if t == template.id}
         zones |= {self.zone_of(s) for (t, s) in self.refs if t == template.id}
         return {z for z in zones if z is not None}
 
-    def ready_stores(self, template: SysTemplate) -> list[int]:
+    def ready_stores(self, template: Template) -> list[int]:
         return sorted(s for (t, s), ref in self.primary.items()
                       if t == template.id and ref.ready)
 
     def _groups(self) -> list[_Group]:
-        by_key: dict[tuple[str, str, str], list[SysTemplate]] = {}
+        by_key: dict[tuple[str, str, str], list[Template]] = {}
         for template in self.s.templates:
             pair = self.pair_of(template)
             if pair is None or not template.active:
                 continue
-            version = _VERSION.search(template.name)
-            label = version.group(0) if version else template.name
+            version = template.version
+            label = str(version) if version else template.name
             by_key.setdefault((*pair, label), []).append(template)
         groups = []
         for (key, arch, label), members in sorted(by_key.items()):
@@ -422,8 +236,8 @@ class _Model:
             groups.append(_Group(key, arch, label, tuple(members), survivor))
         return groups
 
-    def _current(self, revived: set[int]) -> dict[tuple[str, str], SysTemplate]:
-        current: dict[tuple[str, str], SysTemplate] = {}
+    def _current(self, revived: set[int]) -> dict[tuple[str, str], Template]:
+        current: dict[tuple[str, str], Template] = {}
         for template in self.s.templates:
             pair = self.pair_of(template)
             if pair is None or template.id in self.retired:
@@ -434,7 +248,7 @@ class _Model:
                 current[pair] = template
         return current
 
-    def router_template(self, key: str) -> Optional[SysTemplate]:
+    def router_template(self, key: str) -> Optional[Template]:
         """The template router.template.<key> should name: x86_64's where there is one."""
         for arch in ("x86_64", *sorted(hypervisors.ARCHES)):
             if (key, arch) in self.current:
@@ -452,7 +266,7 @@ class _Model:
                 return ref
         return next((r for r in refs if r.ready), refs[0])
 
-    def ready_now(self, template: SysTemplate, zone_id: int) -> bool:
+    def ready_now(self, template: Template, zone_id: int) -> bool:
         """A Ready copy in the zone now, or once the planned FixRefs are applied."""
         for store in (st for st in self.s.stores if st.zone_id == zone_id):
             if (template.id, store.id) in self.fixed:
@@ -465,12 +279,12 @@ class _Model:
                 return True
         return False
 
-    def feasible(self, template: SysTemplate, zone_id: int) -> bool:
+    def feasible(self, template: Template, zone_id: int) -> bool:
         """Ready in the zone now, or a planned copy may make it so."""
         return self.ready_now(template, zone_id) or any(
             t == template.id and self.zone_of(s) == zone_id for t, s in self.copies)
 
-    def source_for(self, template: SysTemplate) -> tuple[bool, Optional[int]]:
+    def source_for(self, template: Template) -> tuple[bool, Optional[int]]:
         """(found, store id or None for the bundled file)."""
         if template.id in self.bundled:
             return True, None
@@ -484,7 +298,7 @@ class _Model:
             return True, min(donors)[1]
         return False, None
 
-    def plan_copy(self, template: SysTemplate, zone_id: int, store_id: int,
+    def plan_copy(self, template: Template, zone_id: int, store_id: int,
                   ref_id: Optional[int]) -> Union[CopyTemplate, str]:
         """The copy action, or why there is none."""
         found, source = self.source_for(template)
@@ -496,7 +310,7 @@ class _Model:
         self.copies[(template.id, store_id)] = action
         return action
 
-    def is_target_of_current(self, template: SysTemplate, store_id: int) -> bool:
+    def is_target_of_current(self, template: Template, store_id: int) -> bool:
         zone = self.zone_of(store_id)
         pair = self.pair_of(template)
         return (zone is not None and pair is not None
@@ -512,24 +326,24 @@ class _Model:
         return (self.s.now - ref.last_updated).total_seconds() < self.s.stale_after
 
 
-def _matches(ref: StoreRef, template: SysTemplate, copy: StoreCopy) -> bool:
+def _matches(ref: StoreRef, template: Template, copy: StoreCopy) -> bool:
     return (copy.state == "seeded"
             and same_install_path(ref.install_path,
-                                  stores.install_path(template.id, copy.filename))
+                                  layout.install_path(template.id, copy.filename))
             and ref.size == copy.virtual_size and ref.physical_size == copy.physical_size)
 
 
-def _fix_ref(model: _Model, template: SysTemplate, store_id: int, ref: Optional[StoreRef],
+def _fix_ref(model: _Model, template: Template, store_id: int, ref: Optional[StoreRef],
              copy: StoreCopy) -> FixRef:
-    path = stores.install_path(template.id, copy.filename)
+    path = layout.install_path(template.id, copy.filename)
     if ref is not None and same_install_path(ref.install_path, path):
         path = ref.install_path  # keep the recorded spelling
     model.fixed.add((template.id, store_id))
     return FixRef(template.id, store_id, ref.id if ref else None, path, copy.virtual_size,
-                  copy.physical_size)
+                  copy.physical_size, url=template.url)
 
 
-def _hv(template: SysTemplate) -> dict:
+def _hv(template: Template) -> dict:
     pair = _Model.pair_of(template)
     return {"hypervisor": pair[0], "arch": pair[1]} if pair else {}
 
@@ -624,7 +438,7 @@ def _refs(model: _Model) -> list[Decision]:
     return decisions
 
 
-def _ref_state(model: _Model, template: SysTemplate, ref: StoreRef, where: dict) -> list[Decision]:
+def _ref_state(model: _Model, template: Template, ref: StoreRef, where: dict) -> list[Decision]:
     store_id = ref.store_id
     copy = model.copy(template, store_id)
     rows = (("template_store_ref", ref.id),)
@@ -662,13 +476,13 @@ def _ref_state(model: _Model, template: SysTemplate, ref: StoreRef, where: dict)
     return decisions
 
 
-def _disagreement(ref: StoreRef, template: SysTemplate, copy: StoreCopy) -> str:
+def _disagreement(ref: StoreRef, template: Template, copy: StoreCopy) -> str:
     directory = f"template/tmpl/1/{template.id}"
     if copy.state == "absent":
         return f"{directory} is missing on the store"
     if copy.state != "seeded":
         return f"the copy in {directory} is incomplete ({copy.reason})"
-    expected = stores.install_path(template.id, copy.filename)
+    expected = layout.install_path(template.id, copy.filename)
     if not same_install_path(ref.install_path, expected):
         return (f"install_path is {ref.install_path!r}, but template.properties names "
                 f"{expected!r}")
@@ -680,7 +494,7 @@ def _disagreement(ref: StoreRef, template: SysTemplate, copy: StoreCopy) -> str:
     return ""
 
 
-def _restore_copy(model: _Model, finding: Finding, template: SysTemplate, ref: StoreRef,
+def _restore_copy(model: _Model, finding: Finding, template: Template, ref: StoreRef,
                   copy: Optional[StoreCopy]) -> Decision:
     """Record a complete copy, or write the copy again, or say why not."""
     if model.recent(ref):
@@ -735,7 +549,7 @@ def _coverage(model: _Model) -> list[Decision]:
     return decisions
 
 
-def _store_coverage(model: _Model, template: SysTemplate, zone: Zone, store: Store,
+def _store_coverage(model: _Model, template: Template, zone: Zone, store: Store,
                     where: dict) -> Optional[Decision]:
     if model.survey(store.id) is None or (template.id, store.id) in model.refs:
         return None  # unreachable, or the ref checks cover it
@@ -854,8 +668,50 @@ def _system_vms(model: _Model) -> list[Decision]:
             continue
         decisions.append(Decision(finding, (PointVms(
             template.id, zone_id, tuple(vm.id for vm in vms),
-            () if model.ready_now(template, zone_id) else ((template.id, zone_id),)),)))
+            () if model.ready_now(template, zone_id) else ((template.id, zone_id),),
+            vms=tuple(vms), name=template.name),)))
     return decisions
+
+
+def _rollbacks(model: _Model) -> list[Decision]:
+    """The current template of a hypervisor is older, by version, than another one that is
+    Ready, and its settings or system VMs use it: a rollback, on purpose or not."""
+    decisions = []
+    for pair, current in sorted(model.current.items()):
+        newer = [t for t in model.s.templates
+                 if model.pair_of(t) == pair and t.active and t.id not in model.retired
+                 and versions.newer(t.version, current.version) and model.ready_stores(t)]
+        if not newer:
+            continue
+        users = _users(model, pair, current)
+        if not users:
+            continue
+        best = max(newer, key=lambda t: (t.version.parts, t.id))
+        finding = Finding(
+            OLDER_TEMPLATE_IN_USE,
+            f"{' and '.join(users)} use{'s' if len(users) == 1 else ''} template "
+            f"{current.label}, version {versions.describe(current.version)}, while template "
+            f"{best.label}, version {best.version}, is Ready: {pair[0]} {pair[1]} was rolled "
+            "back.",
+            "If that was not on purpose, run `cloudstack-sysvm-seed seed` with the newer "
+            "templates directory (upgrade cloudstack-management); repair leaves it.",
+            rows=(("vm_template", current.id), ("vm_template", best.id)),
+            hypervisor=pair[0], arch=pair[1])
+        decisions.append(Decision(finding, left="a rollback may be on purpose; seed with the "
+                                                "newer templates moves forward"))
+    return decisions
+
+
+def _users(model: _Model, pair: tuple[str, str], template: Template) -> list[str]:
+    """What uses a template: the router.template.<hv> setting or its system VMs."""
+    users = []
+    name = f"router.template.{pair[0]}"
+    if model.router_template(pair[0]) == template and model.s.settings.get(name) == template.name:
+        users.append(name)
+    vms = [vm.name for vm in model.s.system_vms if vm.template_id == template.id]
+    if vms:
+        users.append(f"system VM(s) {', '.join(vms)}")
+    return users
 
 
 def _leftovers(model: _Model) -> list[Decision]:
@@ -886,7 +742,7 @@ def _leftovers(model: _Model) -> list[Decision]:
             decisions.append(Decision(Finding(
                 STALE_STAGING,
                 f"Store {store_id} has {len(stale)} abandoned stage(s) in "
-                f"{stores.WORK_DIR}/stage/: {', '.join(name for name, _ in stale)} (the "
+                f"{layout.WORK_DIR}/stage/: {', '.join(name for name, _ in stale)} (the "
                 "partial copies of an interrupted run).",
                 "Delete them (`repair` does, holding the lock, so no run is writing there).",
                 **where), tuple(RemoveStage(store_id, name) for name, _ in stale)))

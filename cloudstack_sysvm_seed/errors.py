@@ -56,6 +56,10 @@ class CatalogError(SeedError):
     exit_code = EXIT_DATABASE
 
 
+class SchemaError(CatalogError):
+    """A row the tool would write does not fit this database's schema."""
+
+
 class LockTimeout(SeedError):
     """Another run, or a management server upgrading the database, holds the lock."""
 

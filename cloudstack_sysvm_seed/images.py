@@ -24,12 +24,12 @@ from typing import Optional, Protocol
 from . import runner
 from .errors import CommandFailed, ImageFormatError
 from .progress import Progress
+from .settings import DEFAULT_MAX_IMAGE_SIZE
 
 LOG = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 HEAD_SIZE = 512  # enough for every header we read
-DEFAULT_MAX_IMAGE_SIZE = 64 << 30  # a system VM image is a few GiB; more is a bomb
 PARALLEL_BZIP2_MIN = 4 << 20  # smaller files decode faster in-process than via lbzip2
 _OVF_MAX = 16 << 20
 

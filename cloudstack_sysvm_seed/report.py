@@ -1,4 +1,6 @@
-"""The run's report: one record per (zone, store, hypervisor), as a table or as JSON."""
+"""The run's report: one record per (zone, store, hypervisor), and one per change around the
+copies (action `configure`: settings, system VMs, template rows; held ones included, status
+`held`), as a table or as JSON. A dry run's report is the plan, in the same words."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections import Counter
 from typing import Iterable
 
 from .apply import FAILED, Outcome
+from .model import CONFIGURE, HOLD
 
 _COLUMNS = ("ZONE", "STORE", "HYPERVISOR", "TEMPLATE", "ACTION", "STATUS", "DETAIL")
 _DETAIL_WIDTH = 70
@@ -22,18 +25,21 @@ def record(outcome: Outcome) -> dict:
         "hypervisor": step.hypervisor or None,
         "arch": step.arch or None,
         "template_id": outcome.template_id,
-        "action": step.action,
+        "action": CONFIGURE if step.action == HOLD else step.action,
         "status": outcome.status,
         "error": outcome.error or None,
-        "detail": step.reason or None,
+        "detail": outcome.detail or step.reason or None,
         "source": outcome.source or None,
     }
 
 
 def records(outcomes: Iterable[Outcome]) -> list[dict]:
-    """Records ordered by zone, store and hypervisor, zone-wide ones first."""
+    """The copies' records by zone, store and hypervisor (zone-wide ones first), then the
+    changes around them in the order they were made."""
     def key(rec):
-        return (rec["zone_id"] or 0, rec["store_id"] or 0, rec["hypervisor"] or "",
+        if rec["action"] == CONFIGURE:
+            return (1,)
+        return (0, rec["zone_id"] or 0, rec["store_id"] or 0, rec["hypervisor"] or "",
                 rec["arch"] or "")
     return sorted((record(o) for o in outcomes), key=key)
 

@@ -15,11 +15,10 @@ import tenacity
 from .checksum import Checksum
 from .errors import SourceError
 from .metadata import Metadata, TemplateSpec
+from .settings import DownloadSettings
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATES_DIR = "/usr/share/cloudstack-management/templates/systemvm"
-DEFAULT_CACHE_DIR = "/var/cache/cloudstack-sysvm-seed"
 BUNDLED, CACHED, DOWNLOAD = "bundled", "cached", "download"
 _CHUNK = 1 << 20
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -36,16 +35,6 @@ class Source:
         if self.kind == DOWNLOAD:
             return f"downloaded from {self.url}"
         return f"{self.kind} {self.path}"
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    cache_dir: str = DEFAULT_CACHE_DIR
-    repository: Optional[str] = None  # --download-repository
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    attempts: int = 5
-    backoff: float = 1.0  # seconds before the first retry; doubles, at most 30 s
 
 
 def bundled_path(templates_dir: str, spec: TemplateSpec) -> str:

@@ -1,4 +1,5 @@
-"""NFS secondary stores: URLs, mounting, and the template layout on a mounted store."""
+"""NFS secondary stores: mounting (private mountpoints, always unmounted, a killed run's
+leftovers reaped) and what is on a mounted store: copies, stages, set-aside directories."""
 
 from __future__ import annotations
 
@@ -13,65 +14,20 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
-from urllib.parse import urlsplit
 
 from . import properties, runner
 from .errors import CommandFailed, MountFailed, StoreError
+from .layout import WORK_DIR, NfsUrl, parse_url, stage_dir, template_dir
+from .model import StoreCopy
+from .settings import MountSettings
 
 LOG = logging.getLogger(__name__)
 
-SYSTEM_ACCOUNT = 1
-# Where our staging and set-aside directories live on a store: outside template/, so the
-# SSVM's template scan never sees a half-written copy.
-WORK_DIR = ".cloudstack-sysvm-seed"
 UMOUNT_ATTEMPTS = 3
 _MNT_DETACH = 2  # <sys/mount.h>
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _LEFTOVER = re.compile(r"sysvm-seed-(\d+)-")  # a run's mountpoint: sysvm-seed-<pid>-<store>-
-
-
-@dataclass(frozen=True)
-class NfsUrl:
-    host: str
-    port: Optional[int]
-    path: str
-
-    @property
-    def export(self) -> str:
-        """The `host:/path` argument of mount; IPv6 hosts in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.path}"
-
-
-def parse_url(url: str) -> NfsUrl:
-    """Parse `nfs://host[:port]/path`.
-
-    :raises ValueError: with a sentence that says what is wrong.
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() != "nfs":
-        raise ValueError(f"{url!r} is not an nfs:// URL")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r} has an invalid port") from None
-    if not parts.hostname:
-        raise ValueError(f"{url!r} names no host")
-    if not parts.path or parts.path == "/":
-        raise ValueError(f"{url!r} names no export path")
-    return NfsUrl(parts.hostname, port, parts.path.rstrip("/") or "/")
-
-
-@dataclass(frozen=True)
-class MountSettings:
-    mount_command: str = "mount -t nfs"
-    umount_command: str = "umount"
-    runtime_dir: str = tempfile.gettempdir()
-    mount_timeout: float = 60.0
-    umount_timeout: float = 30.0
-    nfs_version: Optional[str] = None  # --nfs-version: wins over the database's values
 
 
 @contextlib.contextmanager
@@ -91,7 +47,7 @@ def mounted(url: str, settings: MountSettings, label: str,
         raise MountFailed(f"Cannot mount {label}: {exc}.") from None
     # The pid in the name lets a later run tell a killed run's mount from a live one's.
     prefix = f"sysvm-seed-{os.getpid()}-" + re.sub(r"[^A-Za-z0-9_.-]", "", label) + "-"
-    mountpoint = tempfile.mkdtemp(prefix=prefix, dir=settings.runtime_dir)
+    mountpoint = tempfile.mkdtemp(prefix=prefix, dir=settings.mountpoint_parent)
     try:
         _mount(nfs, mountpoint, settings, label, settings.nfs_version or nfs_version)
         yield mountpoint
@@ -249,27 +205,7 @@ def _unescape(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
 
 
-# --- layout on a mounted store -------------------------------------------------------------
-
-
-def template_dir(root: str, template_id: int) -> str:
-    return os.path.join(root, "template", "tmpl", str(SYSTEM_ACCOUNT), str(template_id))
-
-
-def install_path(template_id: int, filename: str) -> str:
-    # Upstream's registration writes the path with a leading slash ("/template/tmpl/%d/").
-    return f"/template/tmpl/{SYSTEM_ACCOUNT}/{template_id}/{filename}"
-
-
-@dataclass(frozen=True)
-class StoreCopy:
-    """What a store holds for one template id."""
-
-    state: str  # "absent", "incomplete" or "seeded"
-    reason: str = ""
-    filename: str = ""
-    physical_size: int = 0
-    virtual_size: int = 0
+# --- what is on a mounted store --------------------------------------------------------------
 
 
 def probe(root: str, template_id: int, extension: str) -> StoreCopy:
@@ -308,7 +244,7 @@ class Stage:
 
     def __init__(self, root: str):
         self.root = root
-        self.path = os.path.join(root, WORK_DIR, "stage", uuid.uuid4().hex)
+        self.path = os.path.join(stage_dir(root), uuid.uuid4().hex)
         self.published_to: Optional[str] = None
         os.makedirs(self.path, mode=0o755)
 
@@ -356,7 +292,7 @@ class Stage:
 
 def sweep_stages(root: str) -> int:
     """Remove every stage on a store; only call this while holding the registration lock."""
-    parent = os.path.join(root, WORK_DIR, "stage")
+    parent = stage_dir(root)
     try:
         names = os.listdir(parent)
     except FileNotFoundError:
@@ -370,7 +306,7 @@ def sweep_stages(root: str) -> int:
 def _prune_work_dirs(root: str) -> None:
     """Remove our stage/ and work directories once empty. rmdir fails on a non-empty one, so
     another stage, or set-aside copies, keep them."""
-    for directory in (os.path.join(root, WORK_DIR, "stage"), os.path.join(root, WORK_DIR)):
+    for directory in (stage_dir(root), os.path.join(root, WORK_DIR)):
         try:
             os.rmdir(directory)
         except OSError:
@@ -443,7 +379,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-# --- what doctor looks at on a store -------------------------------------------------------
+# --- a full survey of a store (doctor) -------------------------------------------------------
 
 
 def template_ids_on(root: str) -> list[int]:
@@ -460,7 +396,7 @@ def template_ids_on(root: str) -> list[int]:
 def stages_on(root: str) -> list[tuple[str, float]]:
     """Our stage directories on a store, each with the newest mtime in it (a copy being
     written keeps it fresh)."""
-    base = os.path.join(root, WORK_DIR, "stage")
+    base = stage_dir(root)
     try:
         names = sorted(os.listdir(base))
     except FileNotFoundError:
@@ -481,7 +417,7 @@ def stages_on(root: str) -> list[tuple[str, float]]:
 
 def remove_stage(root: str, name: str) -> None:
     """Delete one leftover stage (our own partial copy) and our work dirs once empty."""
-    base = os.path.join(root, WORK_DIR, "stage")
+    base = stage_dir(root)
     path = os.path.join(base, name)
     if os.path.dirname(os.path.normpath(path)) != base or name in ("", ".", ".."):
         raise ValueError(f"{name!r} is not a stage directory")

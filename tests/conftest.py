@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -97,7 +98,7 @@ def make_cloud(mariadb_server: MariaDB, tmp_path: Path) -> Iterator[Callable[...
     made: List[CloudDB] = []
 
     def factory(era: str = "4.20") -> CloudDB:
-        name = f"cloud_{era.replace('.', '')}_{uuid.uuid4().hex[:10]}"
+        name = f"cloud_{re.sub(r'[^0-9A-Za-z]', '', era)}_{uuid.uuid4().hex[:10]}"
         db = create_cloud(mariadb_server, era, name, tmp_path / f"{name}.db.properties")
         made.append(db)
         return db

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from cloudstack_sysvm_seed import cli
 
 VIRTUAL_SIZE = 64 * 1024**2
 # The metadata.ini form each era's package would ship.
-FORM_OF_ERA = {"4.11": "4.16", "4.15": "4.19", "4.20": "4.20"}
+FORM_OF_ERA = {"4.11": "4.16", "4.15": "4.19", "4.20": "4.20", "upstream-4.20.2": "4.20",
+               "upstream-4.22.0": "4.20"}
 
 
 @dataclass
@@ -110,13 +110,15 @@ class World:
         return self.builder.store(zone_id, f"nfs://{netloc}{path}", **kw), export
 
     def argv(self, *args, mount_command=None) -> list:
-        """The CLI's arguments for this world, then `args`."""
+        """The CLI's arguments for this world, then `args` (and, for the commands that
+        read or write images, a private cache directory)."""
+        cache = ([] if args[:1] == ("doctor",)
+                 else ["--cache-dir", str(self.runtime.parent / "cache")])
         return [
             "--db-properties", str(self.cloud.db_properties),
             "--templates-dir", str(self.templates),
             "--mount-command", mount_command or self.mount_command,
-            *args,
-            "--cache-dir", str(self.runtime.parent / "cache"),
+            *args, *cache,
         ]
 
     def command(self, *args, mount_command=None) -> list:
@@ -131,7 +133,7 @@ class World:
 
     def run(self, *args, mount_command=None) -> Run:
         self.capsys.readouterr()
-        code = cli.main(self.argv(*args, mount_command=mount_command))
+        code = cli.main(self.argv(*args, mount_command=mount_command), environ=self.env)
         captured = self.capsys.readouterr()
         return Run(code, captured.out, captured.err)
 
@@ -156,8 +158,7 @@ class World:
 
 
 @pytest.fixture
-def world(request, make_cloud, bundles, make_export, mount_command, capsys, tmp_path,
-          monkeypatch):
+def world(request, make_cloud, bundles, make_export, mount_command, capsys, tmp_path):
     era = getattr(request, "param", "4.20")
     form = FORM_OF_ERA[era]
     source, meta = bundles[form]
@@ -165,6 +166,4 @@ def world(request, make_cloud, bundles, make_export, mount_command, capsys, tmp_
     shutil.copytree(source, templates)
     runtime = tmp_path / "runtime"
     runtime.mkdir()
-    # The tool makes its private mountpoints under the temp dir: watch that one.
-    monkeypatch.setattr(tempfile, "tempdir", str(runtime))
     return World(make_cloud(era), templates, meta, make_export, mount_command, capsys, runtime)

@@ -14,6 +14,7 @@ import pytest
 
 from cloudstack_sysvm_seed import checksum, sources
 from cloudstack_sysvm_seed.errors import ChecksumMismatch, SourceError
+from cloudstack_sysvm_seed.settings import DownloadSettings
 
 PAYLOAD = os.urandom(3 << 20)
 FAST = dict(backoff=0.01, read_timeout=0.5, connect_timeout=2)
@@ -84,7 +85,7 @@ def fetch(server, tmp_path, kind, data=PAYLOAD, expected=None, part=None, **sett
     source = sources.Source(sources.DOWNLOAD, str(target), f"{server.base}/{kind}/f.bin",
                             "/bundled/f.bin")
     digest = expected or checksum.Checksum("SHA-256", hashlib.sha256(data).hexdigest())
-    return sources.fetch(source, digest, sources.DownloadSettings(**{**FAST, **settings}))
+    return sources.fetch(source, digest, DownloadSettings(**{**FAST, **settings}))
 
 
 def test_a_good_download_lands_in_the_cache_verified(http_server, tmp_path):

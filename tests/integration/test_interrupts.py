@@ -40,7 +40,8 @@ def test_interrupt_during_copy_undoes_everything(world, stores_root, slow_bundle
     assert process.returncode == code, err
     assert "partial work was undone" in err
     for export in exports:
-        assert os.listdir(export) == [], export  # no stage, no template directory
+        # No stage, no template directory.
+        assert os.listdir(export) == [], (export, list(os.walk(export)), err)
     assert world.rows("vm_template") == templates_before
     assert world.rows("template_store_ref") == []
     assert world.leftover_mountpoints() == []

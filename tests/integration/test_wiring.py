@@ -31,7 +31,8 @@ def config(world, name):
 def test_settings_and_system_vms_point_at_the_new_template(world, stores_root):
     east, _, _ = one_zone(world, "east")
     west = world.builder.zone("west")  # no store: not seeded, its VMs stay
-    old = world.builder.template("systemvm-kvm-4.19.0", "KVM", "QCOW2")
+    # Older than every era's bundle (4.16 to 4.20): an upgrade, never a rollback.
+    old = world.builder.template("systemvm-kvm-4.15.0", "KVM", "QCOW2")
     b = world.builder
     ssvm = b.system_vm(east, "SecondaryStorageVm", "KVM", old)
     router = b.system_vm(east, "DomainRouter", "KVM", old)
@@ -41,7 +42,7 @@ def test_settings_and_system_vms_point_at_the_new_template(world, stores_root):
     elsewhere = b.system_vm(west, "SecondaryStorageVm", "KVM", old)
     world.cloud.query("DELETE FROM configuration WHERE name = 'minreq.sysvmtemplate.version'")
     if world.cloud.era != "4.11":
-        b.zone_detail(east, "router.template.kvm", "systemvm-kvm-4.19.0")
+        b.zone_detail(east, "router.template.kvm", "systemvm-kvm-4.15.0")
 
     run = world.run("--json")
     assert run.code == 0, run.err

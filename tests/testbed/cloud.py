@@ -18,8 +18,13 @@ import pymysql
 
 from .mariadb import MariaDB
 
-ERAS = ("4.11", "4.15", "4.20")
+ERAS = ("4.11", "4.15", "4.20")  # our own DDL, shaped like each era's schema
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
+# Real CloudStack databases, built from upstream's own SQL (../shared/reference/
+# upstream-schema/README.md); upstream-derived data, so they stay in shared/, beside the checkout.
+UPSTREAM_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "upstream-schema"
+UPSTREAM_ERAS = {"upstream-4.20.2": "cloud-4.20.2.sql",
+                 "upstream-4.22.0": "cloud-4.22.0-snapshot.sql"}
 
 # Guest OS ids the upstream registration code uses per hypervisor (4.16); 4.20 points
 # KVM, LXC and Hyper-V at the 'Debian GNU/Linux 12 (64-bit)' row (363 in our seed).
@@ -37,9 +42,17 @@ _VM_PREFIX = {
 
 
 def schema_path(era: str) -> Path:
+    if era in UPSTREAM_ERAS:
+        return UPSTREAM_DIR / UPSTREAM_ERAS[era]
     if era not in ERAS:
-        raise ValueError(f"unknown era {era!r}; choose one of {', '.join(ERAS)}")
+        known = ", ".join((*ERAS, *UPSTREAM_ERAS))
+        raise ValueError(f"unknown era {era!r}; choose one of {known}")
     return SCHEMA_DIR / f"cloudstack-{era}.sql"
+
+
+def release_of(era: str) -> str:
+    """The CloudStack release of an era: "4.20" for our 4.20 DDL, "4.20.2" upstream's."""
+    return era.split("-", 1)[-1]
 
 
 def split_sql(text: str) -> List[str]:
@@ -185,7 +198,7 @@ class CloudBuilder:
             data_center_id=cluster["data_center_id"],
             pod_id=cluster["pod_id"],
             hypervisor_type=hypervisor or cluster["hypervisor_type"],
-            version=f"{self.era}.0",
+            version=f"{release_of(self.era)}.0",
             dom0_memory=0,
             last_ping=0,
             created=_Now,
@@ -362,6 +375,7 @@ class CloudBuilder:
         """A vm_instance row (type ConsoleProxy, SecondaryStorageVm, DomainRouter, User ...)."""
         if type not in _VM_PREFIX:
             raise ValueError(f"unknown VM type {type!r}; choose one of {', '.join(_VM_PREFIX)}")
+        self._ensure_owner_rows()
         new_id = self._next_sequence("vm_instance_seq")
         guest_os = self._scalar("SELECT guest_os_id FROM vm_template WHERE id=%s", template_id)
         name = f"{_VM_PREFIX[type]}-{new_id}-VM"
@@ -386,6 +400,20 @@ class CloudBuilder:
             service_offering_id=1,
             hypervisor_type=hypervisor,
         )
+
+    def _ensure_owner_rows(self) -> None:
+        """The system account and a system offering, which a real schema's vm_instance rows
+        must reference (foreign keys) and a management server creates at its first start."""
+        if self._table_columns("account") and not self._scalar(
+                "SELECT COUNT(*) FROM account WHERE id = 1"):
+            self._insert("account", id=1, account_name="system", uuid=_uuid(), type=1,
+                         domain_id=1, state="enabled", created=_Now)
+        if self._table_columns("service_offering") and not self._scalar(
+                "SELECT COUNT(*) FROM service_offering WHERE id = 1"):
+            self._insert("service_offering", id=1, name="System Offering For Secondary "
+                         "Storage VM", uuid=_uuid(), system_use=1, default_use=1,
+                         vm_type="secondarystoragevm", cpu=1, speed=500, ram_size=512,
+                         created=_Now)
 
     def config(self, name: str, value: Optional[str]) -> None:
         """Set a global setting, adding the row when the schema's seed does not have it."""
@@ -460,7 +488,7 @@ class CloudBuilder:
         return int(value)
 
     def _default_guest_os(self, hypervisor: str) -> int:
-        if self.era == "4.20" and hypervisor in _GUEST_OS_420:
+        if release_of(self.era).startswith("4.2") and hypervisor in _GUEST_OS_420:
             return _GUEST_OS_420[hypervisor]
         return _GUEST_OS.get(hypervisor, 99)
 
@@ -588,9 +616,12 @@ class CloudDB:
 
 def create_cloud(server: MariaDB, era: str, name: str, properties_path: Path | str) -> CloudDB:
     """(Re)create database `name`, load the era's schema and write db.properties for it."""
-    schema_path(era)
+    path = schema_path(era)
     server.create_database(name)
+    if era in UPSTREAM_ERAS:
+        server.load_dump(name, path)  # a mysqldump, routines included: the client's job
     conn = server.connect(database=name)
-    load_schema(conn, era)
+    if era not in UPSTREAM_ERAS:
+        load_schema(conn, era)
     props = write_db_properties(properties_path, server, name)
     return CloudDB(server=server, name=name, era=era, conn=conn, db_properties=props)

@@ -158,6 +158,20 @@ class MariaDB:
         finally:
             conn.close()
 
+    def load_dump(self, name: str, path: os.PathLike | str) -> None:
+        """Load a mysqldump file into database `name` with the mariadb client."""
+        if not _DB_NAME.match(name):
+            raise ValueError(f"unsafe database name {name!r}")
+        with open(path, "rb") as dump:
+            result = subprocess.run(
+                [find_binary("mariadb"), "--no-defaults", f"--socket={self.socket}",
+                 f"--user={self.user}", name],
+                stdin=dump, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                check=False)
+        if result.returncode != 0:
+            tail = result.stdout.decode(errors="replace")[-2000:]
+            raise MariaDBError(f"loading {path} into {name} failed:\n{tail}")
+
     def drop_database(self, name: str) -> None:
         if not _DB_NAME.match(name):
             raise ValueError(f"unsafe database name {name!r}")

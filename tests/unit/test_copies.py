@@ -6,10 +6,10 @@ import threading
 import time
 from pathlib import Path
 
-from cloudstack_sysvm_seed import copies, plan
-from cloudstack_sysvm_seed.catalog import Store, Zone
+from cloudstack_sysvm_seed import copies
+from cloudstack_sysvm_seed.model import Step, Store, Zone
 
-STEP = plan.Step("seed", Zone(1, "u", "east"), Store(7, "u", "s", 1, "nfs://h/e", "nfs", "NFS",
+STEP = Step("seed", Zone(1, "u", "east"), Store(7, "u", "s", 1, "nfs://h/e", "nfs", "NFS",
                                                      False), "kvm", "x86_64")
 
 
@@ -101,10 +101,10 @@ class Gated:
         self.stream.close()
 
 
-def gated_writer(tmp_path, name="a.qcow2", spool="spool"):
+def gated_writer(tmp_path, name="a.qcow2", spool="spool", pool=None):
     tmp_path.mkdir(exist_ok=True)
     writer = opened(copies.CopyWriter(STEP, str(tmp_path), name, stall_timeout=30,
-                                       spool_dir=str(tmp_path / spool)))
+                                       spool_dir=str(tmp_path / spool), pool=pool))
     writer.stream = Gated(writer.stream)
     return writer
 
@@ -187,16 +187,17 @@ def test_no_spill_when_the_spool_disk_is_short(tmp_path, monkeypatch):
 
 
 def test_copies_are_settled_soonest_first(tmp_path):
-    slow = gated_writer(tmp_path / "slow")
-    fast = gated_writer(tmp_path / "fast")
+    pool = copies.WriterPool()  # one run's writers
+    slow = gated_writer(tmp_path / "slow", pool=pool)
+    fast = gated_writer(tmp_path / "fast", pool=pool)
     fast.stream.gate.set()
     for writer in (slow, fast):
         writer.write(b"data")
         writer.end()
     fast.finished.wait(5)
-    assert list(copies.as_finished([slow, fast], wait=False)) == [fast]
+    assert list(pool.as_finished([slow, fast], wait=False)) == [fast]
     slow.stream.gate.set()
-    assert list(copies.as_finished([slow])) == [slow]
+    assert list(pool.as_finished([slow])) == [slow]
     assert slow.error == fast.error == ""
 
 
@@ -209,7 +210,7 @@ def test_a_failure_removes_the_stage(tmp_path):
 
 def test_a_store_without_room_is_named_when_checked_and_gets_no_stage(tmp_path):
     full = copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", needed=1 << 60)
-    copies.wait_started([full])
+    full.pool.wait_started([full])
     assert full.error.startswith("store 7 (nfs://h/e) has ") and "needs about" in full.error
     assert full.stage is None and list(tmp_path.iterdir()) == []
 
@@ -222,7 +223,7 @@ def test_the_pass_waits_for_a_store_slow_to_answer_only_the_grace_period(tmp_pat
                         lambda root, label: answer.wait() and check(root, label))
     writer = copies.CopyWriter(STEP, str(tmp_path), "a.qcow2", stall_timeout=30)
     started_at = time.monotonic()
-    copies.wait_started([writer], timeout=0.2)
+    writer.pool.wait_started([writer], timeout=0.2)
     assert time.monotonic() - started_at >= 0.2
     assert not writer.started.is_set() and writer.error == ""
     writer.write(b"early")  # kept until the store answers

@@ -6,9 +6,8 @@ import dataclasses
 import datetime
 import json
 
-from cloudstack_sysvm_seed import doctor, repair
-from cloudstack_sysvm_seed.catalog import Store, StoreRef, Zone
-from cloudstack_sysvm_seed.doctor import (
+from cloudstack_sysvm_seed import backup, doctor, model
+from cloudstack_sysvm_seed.model import (
     AddZoneRef,
     CopyTemplate,
     DropOverride,
@@ -18,8 +17,11 @@ from cloudstack_sysvm_seed.doctor import (
     RemoveStage,
     SetSetting,
     SetTemplate,
+    Store,
+    StoreCopy,
+    StoreRef,
+    Zone,
 )
-from cloudstack_sysvm_seed.stores import StoreCopy
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5)
 NAME = "systemvm-xenserver-4.5"
@@ -35,8 +37,8 @@ def nfs(id, zone, readonly=False):
 
 def template(id, name=NAME, cross_zones=False, state="Active", size=VIRTUAL, hv="XenServer",
              arch="x86_64"):
-    return doctor.SysTemplate(id, f"uuid-{id}", name, hv, arch, state, size, cross_zones,
-                              "VHD", f"http://x/{id}.vhd")
+    return model.Template(id, name, hv, arch, state, size, f"uuid-{id}", cross_zones, "VHD",
+                          f"http://x/{id}.vhd")
 
 
 def copy(template_id, filename=None):
@@ -53,22 +55,22 @@ def ref(id, template_id, store_id, state="Ready", download_state="DOWNLOADED", f
 def survey(store_id, *template_ids, copies=None, stages=()):
     found = {t: copy(t) for t in template_ids}
     found.update(copies or {})
-    return doctor.Survey(store_id, "", tuple(sorted(set(template_ids) | set(found))), found,
+    return model.StoreSurvey(store_id, "", tuple(sorted(set(template_ids) | set(found))), found,
                          stages)
 
 
-def seeds(**changes) -> doctor.Snapshot:
+def seeds(**changes) -> model.Snapshot:
     """The seeds' example: 634, 635, 636 each in its own zone and store, SSVM and CPVM."""
     vms = []
     for n, tid in enumerate((634, 635, 636), start=1):
-        vms += [doctor.SystemVm(10 * n, f"s-{n}-VM", "SecondaryStorageVm", n, "XenServer",
+        vms += [model.SystemVm(10 * n, f"s-{n}-VM", "SecondaryStorageVm", n, "XenServer",
                                 "x86_64", tid),
-                doctor.SystemVm(10 * n + 1, f"v-{n}-VM", "ConsoleProxy", n, "XenServer",
+                model.SystemVm(10 * n + 1, f"v-{n}-VM", "ConsoleProxy", n, "XenServer",
                                 "x86_64", tid)]
     base = dict(
         zones=ZONES, stores=(nfs(1, 1), nfs(2, 2), nfs(3, 3)), zone_hypervisors=XEN,
         templates=(template(634), template(635), template(636)),
-        refs=(ref(21, 634, 1), ref(32, 635, 2), ref(43, 636, 3)),
+        store_refs=(ref(21, 634, 1), ref(32, 635, 2), ref(43, 636, 3)),
         zone_refs=frozenset({(634, 1), (635, 2), (636, 3)}),
         holdings=frozenset({(1, 634), (2, 635), (3, 636)}),
         settings={"router.template.xenserver": NAME},
@@ -77,7 +79,7 @@ def seeds(**changes) -> doctor.Snapshot:
         now=NOW,
     )
     base.update(changes)
-    return doctor.Snapshot(**base)
+    return model.Snapshot(**base)
 
 
 def by_code(result):
@@ -129,7 +131,7 @@ def test_bundled_file_is_preferred_as_the_source():
 
 def test_survivor_has_the_most_ready_copies_then_the_highest_id():
     snap = seeds(stores=(nfs(1, 1), nfs(2, 2), nfs(3, 3), nfs(4, 1)),
-                 refs=seeds().refs + (ref(50, 634, 4),),
+                 store_refs=seeds().store_refs + (ref(50, 634, 4),),
                  holdings=seeds().holdings | {(4, 634)},
                  surveys={**seeds().surveys, 4: survey(4, 634)})
     (group,) = by_code(doctor.decide(snap))[doctor.DUPLICATE_ZONE_TEMPLATES]
@@ -150,7 +152,7 @@ def test_cross_zone_or_inactive_templates_are_not_duplicates():
 
 def test_without_a_source_the_copy_is_left_and_duplicates_stay():
     # 636's only copy is on a store doctor could not mount.
-    surveys = {**seeds().surveys, 3: doctor.Survey(3, error="Cannot mount")}
+    surveys = {**seeds().surveys, 3: model.StoreSurvey(3, error="Cannot mount")}
     result = doctor.decide(seeds(surveys=surveys))
     found = by_code(result)
     assert found[doctor.STORE_UNREACHABLE][0].left == "the store cannot be mounted"
@@ -162,7 +164,7 @@ def test_without_a_source_the_copy_is_left_and_duplicates_stay():
     assert not [a for a in result.actions if isinstance(a, PointVms)]
 
 
-def one_kvm_store(**changes) -> doctor.Snapshot:
+def one_kvm_store(**changes) -> model.Snapshot:
     """A healthy zone: KVM template 200 on store 1, with router.template.kvm pointing at it."""
     kvm = template(200, "systemvm-kvm-4.20.0", cross_zones=True, hv="KVM")
     base = dict(
@@ -170,10 +172,11 @@ def one_kvm_store(**changes) -> doctor.Snapshot:
         zone_hypervisors={1: frozenset({("KVM", "x86_64")})},
         templates=(template(3, "SystemVM Template (KVM)", cross_zones=True, size=None, hv="KVM"),
                    kvm),
-        refs=(ref(7, 200, 1),), zone_refs=frozenset({(200, 1)}), holdings=frozenset({(1, 200)}),
+        store_refs=(ref(7, 200, 1),), zone_refs=frozenset({(200, 1)}),
+        holdings=frozenset({(1, 200)}),
         settings={"router.template.kvm": kvm.name}, surveys={1: survey(1, 200)}, now=NOW)
     base.update(changes)
-    return doctor.Snapshot(**base)
+    return model.Snapshot(**base)
 
 
 def test_a_healthy_zone_has_no_findings_and_legacy_rows_are_not_noise():
@@ -181,7 +184,7 @@ def test_a_healthy_zone_has_no_findings_and_legacy_rows_are_not_noise():
 
 
 def test_ref_not_ready_with_complete_files_is_recorded_keeping_the_path_spelling():
-    snap = one_kvm_store(refs=(ref(7, 200, 1, state="Creating",
+    snap = one_kvm_store(store_refs=(ref(7, 200, 1, state="Creating",
                                    download_state="DOWNLOAD_ERROR"),))
     (decision,) = doctor.decide(snap).decisions
     assert decision.finding.code == doctor.STORE_REF_NOT_READY
@@ -190,14 +193,14 @@ def test_ref_not_ready_with_complete_files_is_recorded_keeping_the_path_spelling
 
 
 def test_a_recent_download_in_progress_is_left_and_an_old_one_redone():
-    recent = one_kvm_store(refs=(ref(7, 200, 1, state="Creating",
+    recent = one_kvm_store(store_refs=(ref(7, 200, 1, state="Creating",
                                      download_state="DOWNLOAD_IN_PROGRESS",
                                      last_updated=NOW - datetime.timedelta(minutes=5)),),
-                           surveys={1: doctor.Survey(1)})
+                           surveys={1: model.StoreSurvey(1)})
     (decision,) = doctor.decide(recent).decisions
     assert decision.left.startswith("a download was reported in progress")
-    old = dataclasses.replace(recent, refs=(dataclasses.replace(
-        recent.refs[0], last_updated=NOW - datetime.timedelta(days=1)),))
+    old = dataclasses.replace(recent, store_refs=(dataclasses.replace(
+        recent.store_refs[0], last_updated=NOW - datetime.timedelta(days=1)),))
     (decision,) = doctor.decide(old, bundled=frozenset({200})).decisions
     assert decision.actions == (CopyTemplate(200, 1, 1, 7, None),)
 
@@ -206,7 +209,7 @@ def test_incomplete_copy_of_an_old_template_is_left():
     snap = one_kvm_store(
         templates=one_kvm_store().templates + (template(150, "systemvm-kvm-4.19.0", hv="KVM",
                                                         cross_zones=True),),
-        refs=(ref(7, 200, 1), ref(6, 150, 1)), holdings=frozenset({(1, 200), (1, 150)}),
+        store_refs=(ref(7, 200, 1), ref(6, 150, 1)), holdings=frozenset({(1, 200), (1, 150)}),
         surveys={1: survey(1, 200, copies={
             150: StoreCopy("incomplete", "no template.properties")})})
     (decision,) = doctor.decide(snap).decisions
@@ -216,12 +219,12 @@ def test_incomplete_copy_of_an_old_template_is_left():
 
 
 def test_install_path_and_sizes_that_disagree_with_the_files():
-    wrong_path = one_kvm_store(refs=(ref(7, 200, 1, filename="other.vhd"),))
+    wrong_path = one_kvm_store(store_refs=(ref(7, 200, 1, filename="other.vhd"),))
     (decision,) = doctor.decide(wrong_path).decisions
     assert decision.finding.code == doctor.INSTALL_PATH_MISMATCH
     assert decision.actions == (FixRef(200, 1, 7, "/template/tmpl/1/200/file-200.vhd", VIRTUAL,
                                        PHYSICAL),)
-    wrong_size = one_kvm_store(refs=(ref(7, 200, 1, size=VIRTUAL + 1),))
+    wrong_size = one_kvm_store(store_refs=(ref(7, 200, 1, size=VIRTUAL + 1),))
     (decision,) = doctor.decide(wrong_size).decisions
     assert "template.properties says" in decision.finding.message
 
@@ -230,7 +233,7 @@ def test_size_zero_in_the_template_and_the_ref():
     snap = one_kvm_store(
         templates=(one_kvm_store().templates[0],
                    dataclasses.replace(one_kvm_store().templates[1], size=0)),
-        refs=(ref(7, 200, 1, size=None, physical=0),))
+        store_refs=(ref(7, 200, 1, size=None, physical=0),))
     found = by_code(doctor.decide(snap))
     assert [d.finding.rows for d in found[doctor.SIZE_ZERO]] == [
         (("template_store_ref", 7),), (("vm_template", 200),)]
@@ -239,7 +242,7 @@ def test_size_zero_in_the_template_and_the_ref():
 
 
 def test_duplicate_store_refs_keep_the_one_matching_the_files():
-    snap = one_kvm_store(refs=(ref(5, 200, 1, state="Allocated",
+    snap = one_kvm_store(store_refs=(ref(5, 200, 1, state="Allocated",
                                    download_state="NOT_DOWNLOADED"), ref(7, 200, 1)))
     (decision,) = doctor.decide(snap).decisions
     assert decision.finding.code == doctor.DUPLICATE_STORE_REF
@@ -248,8 +251,8 @@ def test_duplicate_store_refs_keep_the_one_matching_the_files():
 
 def test_router_template_and_zone_overrides():
     snap = one_kvm_store(settings={"router.template.kvm": "SystemVM Template (KVM)"},
-                         overrides=(doctor.Override(9, 1, "router.template.kvm", "old"),
-                                    doctor.Override(10, 1, "router.template.kvm",
+                         overrides=(model.Override(9, 1, "router.template.kvm", "old"),
+                                    model.Override(10, 1, "router.template.kvm",
                                                     "systemvm-kvm-4.20.0")))
     (decision,) = doctor.decide(snap).decisions
     assert decision.finding.code == doctor.ROUTER_TEMPLATE_MISMATCH
@@ -264,15 +267,15 @@ def test_router_template_prefers_x86_64_when_two_arches_share_the_key():
     snap = one_kvm_store(
         zone_hypervisors={1: frozenset({("KVM", "x86_64"), ("KVM", "aarch64")})},
         templates=one_kvm_store().templates + (arm,),
-        refs=(ref(7, 200, 1), ref(8, 300, 1)), zone_refs=frozenset({(200, 1), (300, 1)}),
+        store_refs=(ref(7, 200, 1), ref(8, 300, 1)), zone_refs=frozenset({(200, 1), (300, 1)}),
         holdings=frozenset({(1, 200), (1, 300)}), surveys={1: survey(1, 200, 300)})
     assert doctor.diagnose(snap) == []
 
 
 def test_system_vms_on_old_templates_by_arch():
-    vms = (doctor.SystemVm(1, "s-1-VM", "SecondaryStorageVm", 1, "KVM", "x86_64", 3),
-           doctor.SystemVm(2, "r-2-VM", "DomainRouter", 1, "KVM", "x86_64", 200),
-           doctor.SystemVm(3, "r-3-VM", "DomainRouter", 1, "KVM", "aarch64", 3))
+    vms = (model.SystemVm(1, "s-1-VM", "SecondaryStorageVm", 1, "KVM", "x86_64", 3),
+           model.SystemVm(2, "r-2-VM", "DomainRouter", 1, "KVM", "x86_64", 200),
+           model.SystemVm(3, "r-3-VM", "DomainRouter", 1, "KVM", "aarch64", 3))
     (decision,) = doctor.decide(one_kvm_store(system_vms=vms)).decisions
     assert decision.finding.rows == (("vm_instance", 1),)  # no aarch64 template: not judged
     assert decision.actions == (PointVms(200, 1, (1,), ()),)
@@ -303,7 +306,7 @@ def test_read_only_stores_are_not_targets_and_no_template_means_seed():
     snap = one_kvm_store(stores=(nfs(1, 1), nfs(2, 1, readonly=True)),
                          surveys={1: survey(1, 200), 2: survey(2)})
     assert doctor.diagnose(snap) == []
-    nothing = one_kvm_store(templates=(), refs=(), zone_refs=frozenset(), settings={})
+    nothing = one_kvm_store(templates=(), store_refs=(), zone_refs=frozenset(), settings={})
     (decision,) = doctor.decide(nothing).decisions
     assert decision.finding.code == doctor.STORE_MISSING_TEMPLATE
     assert decision.left == "registering templates is seed's job"
@@ -312,5 +315,5 @@ def test_read_only_stores_are_not_targets_and_no_template_means_seed():
 def test_backup_values_survive_json():
     row = {"id": 1, "created": datetime.datetime(2020, 1, 2, 3, 4, 5), "flag": b"\x01",
            "day": datetime.date(2020, 1, 2), "name": "x", "none": None}
-    encoded = json.loads(json.dumps({k: repair._encode(v) for k, v in row.items()}))
-    assert {k: repair._decode(v) for k, v in encoded.items()} == row
+    encoded = json.loads(json.dumps({k: backup._encode(v) for k, v in row.items()}))
+    assert {k: backup._decode(v) for k, v in encoded.items()} == row

@@ -20,10 +20,10 @@ import re
 import pytest
 from pyfakefs.fake_filesystem import reset_ids, set_uid
 
-from cloudstack_sysvm_seed import properties, stores
+from cloudstack_sysvm_seed import layout, properties, stores
 
 ROOT = "/mnt/store"
-WORK = f"{ROOT}/{stores.WORK_DIR}"
+WORK = f"{ROOT}/{layout.WORK_DIR}"
 STAGES = f"{WORK}/stage"
 ASIDE = f"{WORK}/aside"
 TMPL = f"{ROOT}/template/tmpl/1"

@@ -2,10 +2,9 @@ import hashlib
 
 import pytest
 
-from cloudstack_sysvm_seed import metadata, plan
-from cloudstack_sysvm_seed.catalog import Store, StoreRef, Template, Zone
+from cloudstack_sysvm_seed import metadata, model, plan
 from cloudstack_sysvm_seed.errors import SettingsError, StoreError
-from cloudstack_sysvm_seed.stores import StoreCopy
+from cloudstack_sysvm_seed.model import Store, StoreCopy, StoreRef, StoreSurvey, Template, Zone
 
 MD5 = hashlib.md5(b"x").hexdigest()
 META = metadata.parse(f"""
@@ -46,15 +45,44 @@ HYPERVISORS = {1: frozenset({("KVM", "x86_64")}),
                3: frozenset({("KVM", "x86_64")})}
 
 
-def snapshot(**changes):
-    base = dict(zones=(Z1, Z2, Z3), stores=STORES, zone_hypervisors=HYPERVISORS)
+def snapshot(copies=None, mount_errors=None, **changes):
+    """copies {(store, template): StoreCopy} and mount_errors {store: error} become the
+    stores' surveys."""
+    surveys = {store: StoreSurvey(store, error=error)
+               for store, error in (mount_errors or {}).items()}
+    for (store, template), copy in (copies or {}).items():
+        surveys.setdefault(store, StoreSurvey(store)).copies[template] = copy
+    base = dict(zones=(Z1, Z2, Z3), stores=STORES, zone_hypervisors=HYPERVISORS,
+                surveys=surveys)
     base.update(changes)
-    return plan.Snapshot(**base)
+    return model.Snapshot(**base)
 
 
-def make_plan(snap, scope=None):
-    targets, skipped = plan.select(snap, META, scope or plan.Scope())
-    return plan.build(snap, META, targets, skipped)
+def make_plan(snap, scope=None, metadata=None, **options):
+    return plan.seed_plan(snap, metadata or META, scope or model.Scope(), **options)
+
+
+def per_target(result):
+    """The steps per (zone, store, hypervisor) target, and the skips: the copies' part of the
+    plan, without the settings and system VM changes around it."""
+    return [*(s for w in result.works for s in w.steps),
+            *(s for s in result.steps if s.action in (plan.ADOPT, plan.SKIP, plan.FAIL))]
+
+
+def of_work(result, work):
+    """A work's target steps, its adoptions (row changes) among them."""
+    return [*work.steps, *(s for s in result.steps
+                           if s.action == plan.ADOPT and s.template_id == work.template.id)]
+
+
+def notes(result):
+    return [s for s in result.steps if s.action in (plan.SKIP, plan.FAIL)]
+
+
+def zone_refs_added(result, work):
+    """Zones given a template_zone_ref: with the first copy, or as row changes."""
+    return work.zone_ids + tuple(s.change.zone_id for s in result.steps
+                                 if isinstance(s.change, model.AddZoneRef))
 
 
 def summary(steps):
@@ -66,18 +94,18 @@ def summary(steps):
 def test_fresh_database_registers_kvm_on_every_writable_nfs_store():
     result = make_plan(snapshot())
     (kvm, xen) = sorted(result.works, key=lambda w: w.spec.section)
-    assert kvm.template is None and kvm.missing_zone_ids == (1, 2, 3)
+    assert kvm.template is None and kvm.zone_ids == (1, 2, 3)
     assert summary(kvm.steps) == [(1, 11, "kvm", "register"), (1, 12, "kvm", "register"),
                                   (2, 22, "kvm", "register")]
     assert summary(xen.steps) == [(2, 22, "xenserver", "register")]
-    reasons = {(s.zone and s.zone.id, s.store and s.store.id): s.reason for s in result.others}
+    reasons = {(s.zone and s.zone.id, s.store and s.store.id): s.reason for s in notes(result)}
     assert reasons[(1, 13)].startswith("S3 store: not seeded")
     assert reasons[(2, 21)] == "read-only store"
     assert reasons[(3, 31)].startswith("Swift store")
     assert reasons[(3, None)].startswith("no writable NFS image store")
     assert reasons[(None, 40)] == "region-wide store; not seeded"
     assert reasons[(2, None)] == "Simulator has no system VM template"
-    assert all(s.action == plan.SKIP for s in result.others)
+    assert all(s.action == plan.SKIP for s in notes(result))
 
 
 def existing(id=300, **kw):
@@ -106,21 +134,22 @@ def test_existing_template_is_reused_per_store_state():
         copies={(11, 300): SEEDED, (12, 300): StoreCopy("incomplete", "no template.properties"),
                 (22, 300): SEEDED},
     )
-    result = make_plan(snap, plan.Scope(hypervisors=("kvm",)))
+    result = make_plan(snap, model.Scope(hypervisors=("kvm",)))
     (work,) = result.works
-    assert work.template.id == 300 and work.missing_zone_ids == (2, 3) and not work.activate
-    steps = {s.store.id: s for s in work.steps}
+    assert work.template.id == 300 and zone_refs_added(result, work) == (2, 3)
+    assert not work.activate
+    steps = {s.store.id: s for s in of_work(result, work)}
     assert steps[11].action == plan.NONE and steps[11].reason == "already seeded"
     assert steps[12].action == plan.SEED and "set aside" in steps[12].reason
     assert steps[22].action == plan.ADOPT and steps[22].store_ref.id == 2
-    assert {s.template_id for s in work.steps} == {300}
+    assert {s.template_id for s in of_work(result, work)} == {300}
 
 
 def test_a_ref_with_the_ssvm_path_spelling_is_consistent():
     snap = snapshot(templates=(existing(),), copies={(11, 300): SEEDED},
                     store_refs=(ready_ref(1, 11, path="template/tmpl/1/300/a.qcow2"),))
-    steps = {s.store.id: s.action for s in make_plan(snap, plan.Scope(zones=("east",))).steps
-             if s.store and s.hypervisor == "kvm"}
+    steps = {s.store.id: s.action for s in per_target(make_plan(snap, model.Scope(
+             zones=("east",)))) if s.store and s.hypervisor == "kvm"}
     assert steps == {11: plan.NONE, 12: plan.SEED}
 
 
@@ -134,7 +163,7 @@ def test_a_ref_with_the_ssvm_path_spelling_is_consistent():
 def test_rows_that_disagree_with_the_copy_are_adopted(ref):
     snap = snapshot(templates=(existing(),), copies={(11, 300): SEEDED},
                     store_refs=(ref,) if ref else ())
-    step = next(s for s in make_plan(snap).steps if s.store and s.store.id == 11)
+    step = next(s for s in per_target(make_plan(snap)) if s.store and s.store.id == 11)
     assert step.action == plan.ADOPT
 
 
@@ -159,7 +188,7 @@ def test_mount_errors_missing_sources_and_empty_checksums_fail_only_what_needs_t
                     mount_errors={12: "Cannot mount 10.0.0.12:/export"},
                     missing_sources={"kvm-x86_64": "kvm.qcow2.bz2 is missing"})
     result = make_plan(snap)
-    actions = {(s.store.id, s.arch): (s.action, s.reason) for s in result.steps}
+    actions = {(s.store.id, s.arch): (s.action, s.reason) for s in per_target(result)}
     assert actions[(11, "x86_64")] == (plan.NONE, "already seeded")  # needs no source
     assert actions[(12, "x86_64")] == (plan.FAIL, "Cannot mount 10.0.0.12:/export")
     assert actions[(11, "aarch64")][0] == plan.FAIL
@@ -167,26 +196,26 @@ def test_mount_errors_missing_sources_and_empty_checksums_fail_only_what_needs_t
 
     snap = snapshot(zones=(Z1,), stores=STORES[:2], zone_hypervisors=hyps,
                     missing_sources={"kvm-x86_64": "kvm.qcow2.bz2 is missing"})
-    x86 = [s for s in make_plan(snap).steps if s.arch == "x86_64"]
+    x86 = [s for s in per_target(make_plan(snap)) if s.arch == "x86_64"]
     assert {(s.action, s.reason) for s in x86} == {(plan.FAIL, "kvm.qcow2.bz2 is missing")}
 
 
 def test_a_hypervisor_without_a_metadata_section_is_skipped():
     snap = snapshot(zones=(Z1,), zone_hypervisors={1: frozenset({("Ovm3", "x86_64")})})
-    (step,) = [s for s in make_plan(snap).others if s.hypervisor]
+    (step,) = [s for s in notes(make_plan(snap)) if s.hypervisor]
     assert step.reason == "/t/metadata.ini has no section for ovm3 x86_64"
 
 
 def test_scope_by_id_uuid_or_name_and_hypervisor():
     for wanted in ("2", "u-2", "west"):
-        result = make_plan(snapshot(), plan.Scope(zones=(wanted,), hypervisors=("KVM",)))
-        assert {s.zone.id for s in result.steps} == {2}
-        assert {s.hypervisor for s in result.steps} <= {"kvm", ""}
+        result = make_plan(snapshot(), model.Scope(zones=(wanted,), hypervisors=("KVM",)))
+        assert {s.zone.id for s in per_target(result)} == {2}
+        assert {s.hypervisor for s in per_target(result)} <= {"kvm", ""}
     with pytest.raises(SettingsError, match="No zone 'north'") as info:
-        make_plan(snapshot(), plan.Scope(zones=("north",)))
+        make_plan(snapshot(), model.Scope(zones=("north",)))
     assert "1 (east), 2 (west), 3 (objects)" in info.value.hint
     with pytest.raises(SettingsError, match="Unknown hypervisor 'hyperkit'"):
-        make_plan(snapshot(), plan.Scope(hypervisors=("hyperkit",)))
+        make_plan(snapshot(), model.Scope(hypervisors=("hyperkit",)))
 
 
 def test_a_malformed_nfs_url_stops_the_run_before_any_change():
@@ -194,7 +223,7 @@ def test_a_malformed_nfs_url_stops_the_run_before_any_change():
     with pytest.raises(StoreError, match="Image store 11 .* names no export path"):
         make_plan(snapshot(stores=stores))
     # Out of scope, it is not our business.
-    assert make_plan(snapshot(stores=stores), plan.Scope(zones=("west",))).works == ()
+    assert make_plan(snapshot(stores=stores), model.Scope(zones=("west",))).works == ()
 
 
 def test_guest_os_from_metadata_or_the_hypervisor_default():
@@ -203,14 +232,12 @@ def test_guest_os_from_metadata_or_the_hypervisor_default():
     spec_with_guest = metadata.parse(
         f"[default]\nversion=4.20.0.0\n[kvm-x86_64]\ntemplatename=t\nchecksum={MD5}\n"
         "filename=f\nguestos=Debian GNU/Linux 12 (64-bit)\n")
-    targets, skipped = plan.select(meta_guest, spec_with_guest, plan.Scope())
-    assert plan.build(meta_guest, spec_with_guest, targets, skipped).works[0].guest_os_id == 363
+    assert make_plan(meta_guest, metadata=spec_with_guest).works[0].guest_os_id == 363
 
 
 def test_an_empty_checksum_is_seeded_only_when_allowed():
     hyps = {1: frozenset({("KVM", "aarch64")})}
     snap = snapshot(zones=(Z1,), stores=STORES[:1], zone_hypervisors=hyps)
-    targets, skipped = plan.select(snap, META, plan.Scope())
-    assert [s.action for s in plan.build(snap, META, targets, skipped).steps] == [plan.FAIL]
-    allowed = plan.build(snap, META, targets, skipped, allow_unverified=True)
-    assert [s.action for s in allowed.steps] == [plan.REGISTER]
+    assert [s.action for s in per_target(make_plan(snap))] == [plan.FAIL]
+    allowed = make_plan(snap, allow_unverified=True)
+    assert [s.action for s in per_target(allowed)] == [plan.REGISTER]

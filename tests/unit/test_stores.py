@@ -3,7 +3,8 @@ import subprocess
 
 import pytest
 
-from cloudstack_sysvm_seed import properties, stores
+from cloudstack_sysvm_seed import layout, properties, stores
+from cloudstack_sysvm_seed.model import StoreCopy
 
 
 @pytest.mark.parametrize("url, export, port", [
@@ -12,7 +13,7 @@ from cloudstack_sysvm_seed import properties, stores
     ("NFS://[fd00::5]/data", "[fd00::5]:/data", None),
 ])
 def test_parse_url(url, export, port):
-    nfs = stores.parse_url(url)
+    nfs = layout.parse_url(url)
     assert nfs.export == export and nfs.port == port
 
 
@@ -25,7 +26,7 @@ def test_parse_url(url, export, port):
 ])
 def test_bad_urls(url, words):
     with pytest.raises(ValueError, match=words):
-        stores.parse_url(url)
+        layout.parse_url(url)
 
 
 def test_mountinfo_escapes():
@@ -39,7 +40,7 @@ def test_is_mounted_sees_real_mount_points(tmp_path):
 
 
 def write_copy(root, template_id, name="u.qcow2", data=b"x" * 100, recorded=None):
-    directory = stores.template_dir(str(root), template_id)
+    directory = layout.template_dir(str(root), template_id)
     os.makedirs(directory)
     with open(os.path.join(directory, name), "wb") as f:
         f.write(data)
@@ -54,11 +55,11 @@ def test_probe_states(tmp_path):
     assert stores.probe(str(tmp_path), 5, "qcow2").state == "absent"
     write_copy(tmp_path, 6)
     seeded = stores.probe(str(tmp_path), 6, "qcow2")
-    assert seeded == stores.StoreCopy("seeded", "", "u.qcow2", 100, 4096)
+    assert seeded == StoreCopy("seeded", "", "u.qcow2", 100, 4096)
     write_copy(tmp_path, 7, recorded=999)
     short = stores.probe(str(tmp_path), 7, "qcow2")
     assert short.state == "incomplete" and "100 bytes, template.properties says 999" in short.reason
-    os.makedirs(stores.template_dir(str(tmp_path), 8))
+    os.makedirs(layout.template_dir(str(tmp_path), 8))
     assert stores.probe(str(tmp_path), 8, "qcow2").reason == "no template.properties"
     directory = write_copy(tmp_path, 9)
     os.remove(os.path.join(directory, "u.qcow2"))
@@ -66,12 +67,12 @@ def test_probe_states(tmp_path):
 
 
 def test_install_path_is_upstreams():
-    assert stores.install_path(203, "a.qcow2") == "/template/tmpl/1/203/a.qcow2"
+    assert layout.install_path(203, "a.qcow2") == "/template/tmpl/1/203/a.qcow2"
 
 
 def test_stage_publishes_by_rename_and_sets_incomplete_copies_aside(tmp_path):
     root = str(tmp_path)
-    old = stores.template_dir(root, 12)
+    old = layout.template_dir(root, 12)
     os.makedirs(old)
     with open(os.path.join(old, "partial.qcow2"), "wb") as f:
         f.write(b"half")
@@ -82,7 +83,7 @@ def test_stage_publishes_by_rename_and_sets_incomplete_copies_aside(tmp_path):
     assert stage.publish(12) == old
     assert sorted(os.listdir(old)) == ["n.qcow2", "template.properties"]
     assert not os.path.exists(stage.path)
-    aside = os.path.join(root, stores.WORK_DIR, "aside")
+    aside = os.path.join(root, layout.WORK_DIR, "aside")
     (kept,) = os.listdir(aside)
     assert kept.startswith("12-")
     assert open(os.path.join(aside, kept, "partial.qcow2"), "rb").read() == b"half"
