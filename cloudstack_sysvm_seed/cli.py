@@ -245,6 +245,30 @@ def _command_parser(command: Command) -> argparse.ArgumentParser:
     return parser
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line as one parser, for the man page and the shell completion
+    (manpage.py, completion.py): the global options, then a subparsers action with one
+    parser per command and that command's options. Parsing stays with parse_args.
+    Temporary: main's restructured cli provides the real one."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, allow_abbrev=False, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Register the Apache CloudStack SystemVM templates that "
+                    "cloudstack-management ships in the cloud database and seed them onto "
+                    "every NFS secondary store of every zone. seed is the default command; "
+                    "the global options may also follow the command.")
+    _add_global_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for command in COMMANDS.values():
+        sub = commands.add_parser(
+            command.name, description=command.description, help=command.description,
+            allow_abbrev=False, conflict_handler="resolve",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_arguments(sub)
+    return parser
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """`seed` is the default command, so `cloudstack-sysvm-seed --zone Z` works."""
     known, rest = _top_parser().parse_known_args(list(argv))
