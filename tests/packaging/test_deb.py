@@ -25,7 +25,6 @@ from pkgtools import (
     DpkgRoot,
     assert_seeded,
     base_env,
-    build_deb,
     hook_env,
     need,
     one_store_zone,
@@ -216,18 +215,6 @@ def test_systemd_unit(deb_tree, tmp_path):
 
 
 # -- dpkg for real --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def management_debs(template_bundles, tmp_path_factory):
-    """Stand-in cloudstack-management .debs: version -> (deb, templatename, bundle name)."""
-    work = tmp_path_factory.mktemp("management-deb")
-    made = {}
-    for version, bundle in template_bundles.items():
-        files = {f"{TEMPLATES_DIR}/{p.name}": p for p in bundle.directory.iterdir()}
-        deb = build_deb(work, "cloudstack-management", f"{version}-1", files)
-        made[version] = (deb, bundle.templatename, bundle.filename)
-    return made
 
 
 @pytest.fixture(scope="session")
