@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-from pkgtools import PACKAGING, need, run
+from pkgtools import PACKAGING, TEMPLATES_DIR, build_deb, need, run
 from testbed import images
 
 # Two template versions: what cloudstack-management ships at install, then at upgrade.
@@ -17,7 +17,9 @@ VERSIONS = ("4.20.0.0", "4.20.1.0")
 
 @pytest.fixture(scope="session")
 def deb_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need("dpkg-deb", "dpkg")
+    for tool, package in (("dpkg-buildpackage", "dpkg-dev"), ("dh", "debhelper"),
+                          ("dh_python3", "dh-python"), ("pybuild", "dh-python")):
+        need(tool, package)
     out = tmp_path_factory.mktemp("deb")
     return Path(run([PACKAGING / "build-deb", out]).stdout.strip())
 
@@ -53,4 +55,16 @@ def template_bundles(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Bund
         kvm = next(s for s in meta.sections.values()
                    if s.hypervisor == "kvm" and s.arch == "x86_64")
         made[version] = Bundle(directory, kvm.templatename, kvm.filename)
+    return made
+
+
+@pytest.fixture(scope="session")
+def management_debs(template_bundles, tmp_path_factory):
+    """Stand-in cloudstack-management .debs: version -> (deb, templatename, bundle name)."""
+    work = tmp_path_factory.mktemp("management-deb")
+    made = {}
+    for version, bundle in template_bundles.items():
+        files = {f"{TEMPLATES_DIR}/{p.name}": p for p in bundle.directory.iterdir()}
+        deb = build_deb(work, "cloudstack-management", f"{version}-1", files)
+        made[version] = (deb, bundle.templatename, bundle.filename)
     return made

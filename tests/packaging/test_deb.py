@@ -25,7 +25,6 @@ from pkgtools import (
     DpkgRoot,
     assert_seeded,
     base_env,
-    build_deb,
     hook_env,
     need,
     one_store_zone,
@@ -36,8 +35,9 @@ from cloudstack_sysvm_seed import __version__
 
 UNIT = "usr/lib/systemd/system/cloudstack-sysvm-seed.service"
 WANTS = "usr/lib/systemd/system/cloudstack-management.service.wants/cloudstack-sysvm-seed.service"
-DEPENDS = ["python3 (>= 3.9)", "python3-pymysql", "python3-requests",
-           "python3-tenacity", "python3-cryptography", "python3-tqdm"]
+MANPAGE = "usr/share/man/man8/cloudstack-sysvm-seed.8.gz"
+COMPLETION = "usr/share/bash-completion/completions/cloudstack-sysvm-seed"
+DOC = "usr/share/doc/cloudstack-sysvm-seed"
 # The Python distribution behind each Debian dependency, to say what the host provides.
 DIST_OF_DEB = {"python3-pymysql": "PyMySQL", "python3-requests": "requests",
                "python3-tenacity": "tenacity", "python3-cryptography": "cryptography",
@@ -52,6 +52,14 @@ def depends(deb: Path) -> List[str]:
     return [d.strip() for d in field(deb, "Depends").split(",")]
 
 
+def install_requires() -> List[str]:
+    """The distribution names setup.cfg requires (what dh_python3 reads from the metadata)."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    return [re.match(r"[A-Za-z0-9_.-]+", line.strip()).group()
+            for line in config["options"]["install_requires"].splitlines() if line.strip()]
+
+
 # -- what the package holds ---------------------------------------------------------------
 
 
@@ -60,7 +68,13 @@ def test_control_fields_and_trigger(deb_package):
     assert field(deb_package, "Package") == "cloudstack-sysvm-seed"
     assert field(deb_package, "Version") == __version__
     assert field(deb_package, "Architecture") == "all"
-    assert depends(deb_package) == DEPENDS
+    # dh_python3 computed Depends from the package metadata: one Debian package per
+    # requirement in setup.cfg, and the interpreter.
+    assert {d.split()[0] for d in depends(deb_package)} == {"python3:any", *DIST_OF_DEB}
+    assert sorted(d.lower() for d in DIST_OF_DEB.values()) == sorted(
+        d.lower() for d in install_requires()), "a new requirement: add it to DIST_OF_DEB"
+    assert field(deb_package, "Maintainer") == (
+        "cloudstack-sysvm-seed developers <cloudstack-sysvm-seed@lists.apache.org>")
     triggers = run(["dpkg-deb", "-I", deb_package, "triggers"]).stdout.splitlines()
     assert [t for t in triggers if t.strip() and not t.startswith("#")] == [
         "interest-noawait /usr/share/cloudstack-management/templates/systemvm"]
@@ -83,13 +97,51 @@ def test_file_list_modes_and_scripts(deb_package, tmp_path):
     assert listing[f"/{UNIT}"] == "-rw-r--r--"
     assert listing[f"/{WANTS} -> ../cloudstack-sysvm-seed.service"] == "lrwxrwxrwx"
     assert "/var/lib/cloudstack-sysvm-seed" in listing
-    # The maintainer scripts at least parse.
+    for path in (MANPAGE, COMPLETION, f"{DOC}/copyright", f"{DOC}/changelog.gz",
+                 "usr/share/lintian/overrides/cloudstack-sysvm-seed",
+                 f"{DIST_PACKAGES}/cloudstack_sysvm_seed-{__version__}.dist-info/METADATA"):
+        assert listing[f"/{path}"] == "-rw-r--r--", path
+    # The maintainer scripts at least parse, and debhelper filled in its part (dh_python3:
+    # byte-compile on configure, clean before removal).
     control = tmp_path / "control"
     run(["dpkg-deb", "-e", deb_package, control])
     assert sorted(p.name for p in control.iterdir()) == [
-        "control", "postinst", "postrm", "prerm", "triggers"]
+        "control", "md5sums", "postinst", "postrm", "prerm", "triggers"]
     for script in ("postinst", "prerm", "postrm"):
         run(["sh", "-n", control / script])
+        assert "#DEBHELPER#" not in (control / script).read_text()
+    assert "py3compile -p cloudstack-sysvm-seed" in (control / "postinst").read_text()
+    assert "py3clean -p cloudstack-sysvm-seed" in (control / "prerm").read_text()
+
+
+def test_lintian_is_clean(deb_package):
+    """No error, warning or info at all: what remains is overridden in
+    packaging/debian/lintian-overrides, each override with its reason."""
+    lintian = need("lintian", "lintian")
+    # (--fail-on info would count the overridden tags too.)
+    done = run([lintian, "--display-info", "--fail-on", "error,warning", deb_package],
+               check=False, merge=True)
+    tags = [line for line in done.stdout.splitlines() if re.match(r"[EWI]: ", line)]
+    assert (done.returncode, tags) == (0, []), done.stdout
+    overrides = (REPO / "packaging/debian/lintian-overrides").read_text().split("\n\n")
+    for stanza in overrides:
+        lines = [line for line in stanza.splitlines() if line.strip()]
+        assert lines[0].startswith("#") and not lines[-1].startswith("#"), (
+            f"an override without its reason:\n{stanza}")
+
+
+def test_man_page_and_completion(deb_tree):
+    man = need("man", "man-db")
+    done = run([man, "--warnings", "-l", "-Tutf8", deb_tree / MANPAGE],
+               env=base_env(LC_ALL="C.UTF-8", MANWIDTH="80"), merge=True)
+    text = re.sub(r".\x08", "", done.stdout)
+    for heading in ("NAME", "SYNOPSIS", "COMMANDS", "GLOBAL OPTIONS", "EXIT STATUS", "FILES",
+                    "ENVIRONMENT", "SEE ALSO"):
+        assert re.search(rf"(?m)^{heading}$", text), heading
+    program = ('source "$1"; COMP_WORDS=(cloudstack-sysvm-seed on-st); COMP_CWORD=1; '
+               '_cloudstack_sysvm_seed; printf "%s\\n" "${COMPREPLY[@]}"')
+    done = run(["bash", "--norc", "-c", program, "bash", deb_tree / COMPLETION])
+    assert done.stdout.split() == ["on-store-added"]
 
 
 def test_launcher_runs_the_package(deb_tree):
@@ -120,11 +172,11 @@ assert runner.run(["echo", "ok"], timeout=10).stdout == "ok\\n"
 print(package.__file__)
 """
     done = run([python, "-s", "-c", script], check=False)
-    wanted = " ".join(d.split()[0] for d in DEPENDS[1:])
+    wanted = " ".join(DIST_OF_DEB)
     assert done.returncode == 0, (
         f"the package does not import with Debian's python3 and its Depends; if a module "
         f"is missing, apt-get install {wanted} (scripts/setup does), else add the new "
-        f"dependency to packaging/debian/control and the spec:\n{done.stderr}")
+        f"dependency to setup.cfg (dh_python3 maps it) and the spec:\n{done.stderr}")
     assert done.stdout.strip().startswith(str(deb_tree))
 
 
@@ -139,10 +191,12 @@ def test_systemd_unit(deb_tree, tmp_path):
     # Wants semantics: a failed seed must never keep the management server down.
     for strong in ("Requires", "Requisite", "BindsTo", "PartOf"):
         assert strong not in unit["Unit"]
+    assert unit["Unit"]["Documentation"] == "man:cloudstack-sysvm-seed(8)"
     assert unit["Service"]["Type"] == "oneshot"
     assert unit["Service"]["ExecStart"] == "/usr/lib/cloudstack-sysvm-seed/hook"
     assert int(unit["Service"]["TimeoutStartSec"]) >= 3600
-    assert unit["Install"]["WantedBy"] == "cloudstack-management.service"
+    # Static: the package ships the link WantedBy= would make, so nothing needs enabling.
+    assert "Install" not in unit
     assert (deb_tree / WANTS).resolve() == (deb_tree / UNIT).resolve()
 
     analyze = need("systemd-analyze", "systemd")
@@ -154,23 +208,13 @@ def test_systemd_unit(deb_tree, tmp_path):
                       if (d / "sysinit.target").exists())
     for target in host_units.glob("*.target"):
         shutil.copy(target, root / "usr/lib/systemd/system" / target.name)
-    done = run([analyze, "verify", f"--root={root}", f"/{UNIT}"], check=False)
+    # verify also runs `man` on Documentation=: let it find the packaged page.
+    done = run([analyze, "verify", f"--root={root}", f"/{UNIT}"], check=False,
+               env=base_env(MANPATH=str(root / "usr/share/man")))
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
 # -- dpkg for real --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def management_debs(template_bundles, tmp_path_factory):
-    """Stand-in cloudstack-management .debs: version -> (deb, templatename, bundle name)."""
-    work = tmp_path_factory.mktemp("management-deb")
-    made = {}
-    for version, bundle in template_bundles.items():
-        files = {f"{TEMPLATES_DIR}/{p.name}": p for p in bundle.directory.iterdir()}
-        deb = build_deb(work, "cloudstack-management", f"{version}-1", files)
-        made[version] = (deb, bundle.templatename, bundle.filename)
-    return made
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +224,7 @@ def host_python_deb(deb_package, tmp_path_factory):
     --force-depends instead leaves its triggers pending: dpkg then reports a trigger cycle."""
     provides = []
     for dep in depends(deb_package):
-        name = dep.split()[0]
+        name = dep.split()[0].split(":")[0]  # python3:any is python3 of any architecture
         if name == "python3":
             version = platform.python_version()
         elif name in DIST_OF_DEB:
@@ -192,7 +236,8 @@ def host_python_deb(deb_package, tmp_path_factory):
     stage = work / "stage" / "DEBIAN"
     stage.mkdir(parents=True)
     (stage / "control").write_text(
-        "Package: host-python\nVersion: 1\nArchitecture: all\n"
+        # Multi-Arch: allowed, so that its python3 also satisfies python3:any.
+        "Package: host-python\nVersion: 1\nArchitecture: all\nMulti-Arch: allowed\n"
         f"Maintainer: package tests <tests@localhost>\nProvides: {', '.join(provides)}\n"
         "Description: the host's python3 and libraries, seen from a throwaway root\n")
     deb = work / "host-python_1_all.deb"
