@@ -177,19 +177,18 @@ class _Planner:
         steps, change = [], None
         if old != new:
             if lacking:
-                steps.append(self._held(spec, f"{name} stays {old!r}", new, lacking))
+                steps.append(self._held(spec, f"{name} stays {old!r}", lacking))
             else:
                 change = SetSetting(name, old, new, needs,
                                     note=self.rollback_note(hypervisor, spec.arch))
                 steps.append(self._step(spec, change))
         for override in self.s.overrides:
-            if override.name != name or override.value == new or override.zone_id not in zones:
+            if (override.name != name or override.value == new or override.zone_id not in zones
+                    or override.zone_id not in self.scope.zone_ids):
                 continue
-            if override.zone_id not in self.scope.zone_ids:
-                continue
-            if lacking or (old != new and change is None):
+            if lacking:  # the override goes only with the global value it would hide
                 steps.append(self._held(spec, f"zone {override.zone_id}'s {name} "
-                                              f"{override.value!r} stays", new, lacking))
+                                              f"{override.value!r} stays", lacking))
                 continue
             zone_needs = tuple(n for n in needs if n[1] == override.zone_id)
             steps.append(self._step(spec, DropOverride(
@@ -238,10 +237,10 @@ class _Planner:
         failed = self.failures_in_scope(spec)
         what = f"system VMs in zone {zone_id} stay on their template"
         if failed:
-            return [self._held(spec, what, spec.name, {zone_id: tuple(failed)}, zone_id)]
+            return [self._held(spec, what, {zone_id: tuple(failed)}, zone_id)]
         if coverage.missing or not coverage.stores:
             missing = coverage.missing or ("no usable NFS image store",)
-            return [self._held(spec, what, spec.name, {zone_id: missing}, zone_id)]
+            return [self._held(spec, what, {zone_id: missing}, zone_id)]
         needs = tuple((ref, z) for z in sorted(self.scope.zone_ids)
                       if self.coverage(spec, z).planned)
         change = PointVms(ref, zone_id, tuple(vm.id for vm in vms), needs, vms=vms,
@@ -266,27 +265,23 @@ class _Planner:
             return [self._minreq_step(HOLD, f"{name} stays {old!r}: {self.metadata.path} holds "
                                             f"{new}, which is older; --allow-downgrade lowers "
                                             "it")]
-        blockers, needs, complete_zones = [], [], set()
-        zone_blocked: dict[int, bool] = defaultdict(bool)
+        blockers, needs, blocked_zones = [], [], set()
         for zone in self.s.zones:
             for hypervisor, arch in self._pairs(zone.id):
                 spec = self.metadata.spec_for(hypervisor, arch)
                 if spec is None:
                     continue  # no template of this release for it
                 label = f"{hypervisor.key} {arch} in zone {zone.name}"
+                coverage = self.coverage(spec, zone.id)
                 if spec.section in self.refused:
                     blockers.append(f"{label} keeps a newer template")
-                    zone_blocked[zone.id] = True
-                    continue
-                coverage = self.coverage(spec, zone.id)
-                if coverage.missing:
+                elif coverage.missing:
                     blockers.append(f"{label} lacks {spec.name} on "
                                     + ", ".join(coverage.missing))
-                    zone_blocked[zone.id] = True
-                elif coverage.planned:
-                    needs.append((self.ref(spec), zone.id))
-            if not zone_blocked[zone.id]:
-                complete_zones.add(zone.id)
+                else:
+                    needs += [(self.ref(spec), zone.id)] if coverage.planned else []
+                    continue
+                blocked_zones.add(zone.id)
         steps, change = [], None
         if old != new:
             if blockers:
@@ -304,7 +299,7 @@ class _Planner:
             if (override.name != name or override.value == new
                     or override.zone_id not in self.scope.zone_ids):
                 continue
-            if override.zone_id not in complete_zones or (old != new and change is None):
+            if override.zone_id in blocked_zones or (old != new and change is None):
                 continue  # held with the global value, said above
             zone_needs = tuple(n for n in dict.fromkeys(needs) if n[1] == override.zone_id)
             drop = DropOverride(override.id, override.zone_id, name, override.value,
@@ -327,8 +322,8 @@ class _Planner:
     def _minreq_step(self, action: str, reason: str, change=None) -> Step:
         return Step(action, None, None, "", "", None, reason, change=change)
 
-    def _held(self, spec: TemplateSpec, what: str, new: str,
-              lacking: dict[int, tuple[str, ...]], zone_id: Optional[int] = None) -> Step:
+    def _held(self, spec: TemplateSpec, what: str, lacking: dict[int, tuple[str, ...]],
+              zone_id: Optional[int] = None) -> Step:
         names = {z.id: z.name for z in self.s.zones}
         where = "; ".join(f"zone {names.get(z, z)}: {', '.join(m)}"
                           for z, m in sorted(lacking.items()))

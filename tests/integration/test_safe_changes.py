@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
+import time
 
 import pytest
 from conftest import VIRTUAL_SIZE
@@ -291,3 +293,37 @@ def test_a_store_that_fails_holds_back_the_zones_settings_until_the_rerun(
     (new,) = world.rows("vm_template", "name = %s", (world.kvm.templatename,))
     assert vm_templates(world)[ssvm] == new["id"]
     assert setting(world, "router.template.kvm") == world.kvm.templatename
+
+
+# --- the database changes while the copies are written ----------------------------------------
+
+
+@pytest.mark.parametrize("world", ERAS, indirect=True)
+def test_row_changes_are_planned_again_when_the_database_changed_meanwhile(
+        world, stores_root, slow_bundle):
+    zone, _ = kvm_zone(world, "east", "10.1.0.1", "10.1.0.2")
+    old = world.builder.template("systemvm-kvm-4.15.0", "KVM", "QCOW2")
+    first = world.builder.system_vm(zone, "SecondaryStorageVm", "KVM", old)
+    world.use_bundle(slow_bundle)
+    exports = [stores_root / host / "export" / "secondary" for host in ("10.1.0.1", "10.1.0.2")]
+    added = {}
+
+    def recreate_a_vm_while_copying():
+        # As a management server would, between the plan and the row changes.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any((e / ".cloudstack-sysvm-seed" / "stage").is_dir() for e in exports):
+                added["vm"] = world.builder.system_vm(zone, "ConsoleProxy", "KVM", old)
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=recreate_a_vm_while_copying)
+    watcher.start()
+    run = world.run("--json")
+    watcher.join()
+    assert run.code == 0, run.out + run.err
+    assert "planned the row changes again" in run.err
+    (new,) = world.rows("vm_template", "name = %s", (world.kvm.templatename,))
+    assert vm_templates(world) == {first: new["id"], added["vm"]: new["id"]}
+    (moved,) = [r for r in configure(json.loads(run.out)) if "system VMs" in r["detail"]]
+    assert "s-" in moved["detail"] and "v-" in moved["detail"]
