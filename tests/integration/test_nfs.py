@@ -5,8 +5,9 @@ mounts an NFSv3 export with a FUSE bridge (mfusepy + nfs-rs); the tool still run
 `umount MOUNTPOINT`. Everything the tool writes crosses a real NFS server; the export
 directories are read back from the server's side. See tests/testbed/nfs/.
 
-Needs root and the packages of this tier (nfs-ganesha, nfs-ganesha-vfs, rpcbind, libfuse2,
-PyPI mfusepy and nfs-rs); when one is missing the tests FAIL naming it, never skip.
+Needs root, loop devices and the packages of this tier (nfs-ganesha, nfs-ganesha-vfs,
+rpcbind, libfuse2, e2fsprogs, PyPI mfusepy and nfs-rs); when one is missing the tests FAIL
+naming it, never skip.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ Layout (see shared/reference/test-infrastructure.md section 1):
   free ports (NFS and MOUNT). Clients pass both ports and never need a portmapper.
   Both enter the namespaces with `nsenter --target HOLDER --root --wd`, so they keep our
   root when we run chrooted (see NfsServer._in_holder).
+- The exported directories live on an ext4 file system of our own (a sparse image in the
+  workdir, loop-mounted by the holder in its mount namespace): ganesha 6 (trixie) refuses
+  to export tmpfs ("Ignoring /tmp because type tmpfs"), and /tmp is a tmpfs on trixie and
+  in many CI roots. add_export() returns the directory as the server sees it,
+  /proc/<holder>/root/..., valid until close(); the mount goes with the namespace.
 - NFSv3 mounts use the Pseudo path (mount_path_pseudo), as NFSv4 does, so a store URL is
   nfs://127.0.0.1/<pseudo>. Attr_Expiration_Time = 0: tests read the export directories.
 
@@ -49,9 +54,12 @@ PROGRAMS = {
     "unshare": "util-linux",
     "nsenter": "util-linux",
     "ip": "iproute2",
+    "mkfs.ext4": "e2fsprogs",
 }
 PY_MODULES = {"nfs_rs": "nfs-rs", "mfusepy": "mfusepy"}
 FSAL_VFS = "libfsalvfs.so"
+#: The exports' file system: a sparse image, so only what the tests write takes room.
+EXPORT_FS_BYTES = 2 << 30
 
 
 class NfsServerError(RuntimeError):
@@ -73,6 +81,9 @@ def missing_requirements() -> List[str]:
             problems.append(f"Python module {module} not found: pip install {package}"
                             + (f" (needs Python 3.11+, this is {sys.version.split()[0]})"
                                if module == "nfs_rs" and sys.version_info < (3, 11) else ""))
+    if not os.path.exists("/dev/loop-control"):
+        problems.append("/dev/loop-control is missing: the export file system is a loop mount "
+                        "(the kernel needs CONFIG_BLK_DEV_LOOP)")
     if not os.path.exists("/dev/fuse"):
         problems.append("/dev/fuse is missing: the kernel needs FUSE (CONFIG_FUSE_FS)")
     try:
@@ -138,7 +149,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0,
 class Export:
     export_id: int
     pseudo: str
-    path: Path
+    path: Path  # as ganesha names it
+    local: Path  # the same directory as this process reaches it
 
 
 @dataclass
@@ -157,6 +169,9 @@ class NfsServer:
     def __init__(self, workdir: Path, name: str = "nfs"):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = self.workdir.resolve()  # ganesha's paths, inside the holder's root
+        self.image = self.workdir / "exports.ext4"
+        self.exports_dir = self.workdir / "exports"  # where the holder mounts the image
         self.name = name
         self.exports: Dict[str, Export] = {}
         self.nfs_port = 0
@@ -171,33 +186,34 @@ class NfsServer:
     # -- exports --------------------------------------------------------------------------
 
     def add_export(self, pseudo: str, path: Optional[Path] = None) -> Path:
-        """Declare `pseudo` (e.g. /export/a1), backed by `path` (made under workdir by
-        default). On a running server ganesha is restarted to pick it up; the directory
-        is created first, as an admin would."""
+        """Declare `pseudo` (e.g. /export/a1) and return its directory as the server sees
+        it (under /proc/<holder>/root, valid until close()). By default the directory is
+        made on the exports' file system; a `path` of the caller's is used as it is (on
+        tmpfs, ganesha 6 will not export it). The first call makes the namespaces; on a
+        running server ganesha is restarted to pick the export up, the directory being
+        created first, as an admin would."""
         pseudo = "/" + pseudo.strip("/")
-        if pseudo in self.exports:
-            return self.exports[pseudo].path
-        if path is None:
-            path = self.workdir / "exports" / pseudo.strip("/").replace("/", "_")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        export_id = max((e.export_id for e in self.exports.values()), default=0) + 1
-        self.exports[pseudo] = Export(export_id, pseudo, path.resolve())
-        if self.nfs_running:
-            self.stop_nfs()
-            self.start_nfs()
-        return path
+        if pseudo not in self.exports:
+            if path is None:
+                self._ensure_holder()
+                path = self.exports_dir / pseudo.strip("/").replace("/", "_")
+                # /proc/<holder>/root shows the holder's mount namespace, its mounts too.
+                local = Path(f"/proc/{self.holder.pid}/root") / path.relative_to("/")
+            else:
+                path = local = Path(path).resolve()
+            local.mkdir(parents=True, exist_ok=True)
+            export_id = max((e.export_id for e in self.exports.values()), default=0) + 1
+            self.exports[pseudo] = Export(export_id, pseudo, path, local)
+            if self.nfs_running:
+                self.stop_nfs()
+                self.start_nfs()
+        return self.exports[pseudo].local
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> NfsServer:
-        problems = missing_requirements()
-        if problems:
-            raise NfsServerError("the NFS test tier cannot run: " + "; ".join(problems))
-        if os.geteuid() != 0:
-            raise NfsServerError("the NFS test tier needs root (namespaces, FUSE mounts)")
         try:
-            self._start_holder()
+            self._ensure_holder()
             self._start_rpcbind()
             self.nfs_port, self.mount_port = free_port(), free_port()
             while self.mount_port == self.nfs_port:
@@ -251,7 +267,8 @@ class NfsServer:
         os.kill(self.ganesha.pid, signal.SIGCONT)
 
     def close(self) -> None:
-        """Stop ganesha, rpcbind and the namespace holder; safe to call twice."""
+        """Stop ganesha, rpcbind and the namespace holder (the exports' file system goes
+        with its namespace), remove the image; safe to call twice."""
         errors = []
         for attr in ("ganesha", "rpcbind", "holder"):
             proc = getattr(self, attr)
@@ -262,6 +279,10 @@ class NfsServer:
             except Exception as exc:  # keep stopping the others
                 errors.append(f"{attr}: {exc}")
             setattr(self, attr, None)
+        try:
+            self.image.unlink()  # the loop device still holding it lets go when it ends
+        except FileNotFoundError:
+            pass
         if errors:
             raise NfsServerError("; ".join(errors))
 
@@ -288,14 +309,45 @@ class NfsServer:
         return ["nsenter", f"--target={self.holder.pid}",
                 *(f"--{ns}" for ns in namespaces), "--root", "--wd", "--"]
 
+    def _ensure_holder(self) -> None:
+        if self.holder is not None:
+            return
+        problems = missing_requirements()
+        if problems:
+            raise NfsServerError("the NFS test tier cannot run: " + "; ".join(problems))
+        if os.geteuid() != 0:
+            raise NfsServerError("the NFS test tier needs root (namespaces, FUSE mounts)")
+        self._make_export_fs()
+        try:
+            self._start_holder()
+        except BaseException:
+            self.close()
+            raise
+
+    def _make_export_fs(self) -> None:
+        self.exports_dir.mkdir(exist_ok=True)
+        with open(self.image, "wb") as image:
+            image.truncate(EXPORT_FS_BYTES)
+        # No journal, lazy init: a throwaway file system, made in milliseconds.
+        done = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+             "-E", "nodiscard,lazy_itable_init=1", str(self.image)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise NfsServerError(f"mkfs.ext4 {self.image} failed ({done.returncode}): "
+                                 + (done.stderr or done.stdout).strip())
+
     def _start_holder(self) -> None:
         # The holder makes the namespaces, puts a tmpfs on /run inside (the host's /run is
-        # never written), brings lo up, says "ready", and sleeps until we stop it.
+        # never written), loop-mounts the exports' file system ($1 on $2), brings lo up,
+        # says "ready", and sleeps until we stop it.
         script = ("mount -t tmpfs -o mode=0755,size=8m nfs-test-run /run"
-                  " && mkdir -m 0755 /run/rpcbind && ip link set lo up"
-                  " && echo ready && exec sleep infinity")
+                  " && mkdir -m 0755 /run/rpcbind"
+                  ' && mount -t ext4 -o loop,nosuid,nodev "$1" "$2"'
+                  " && ip link set lo up && echo ready && exec sleep infinity")
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--propagation", "slave", "sh", "-c", script],
+            ["unshare", "--mount", "--net", "--propagation", "slave", "sh", "-c", script,
+             "nfs-holder", str(self.image), str(self.exports_dir)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, preexec_fn=_die_with_parent,
             cwd="/",  # what --wd gives the programs run in its namespaces
