@@ -27,11 +27,11 @@ from typing import Callable, Optional
 
 from . import checksum, copies, images, layout, progress, properties, sources, stores
 from .catalog import Catalog, NewTemplate, now
-from .errors import SeedError
+from .errors import SeedError, StoreError
 from .model import (
     ADOPT,
     FAIL,
-    HOLD,
+    KEEP,
     NONE,
     SKIP,
     WRITES_COPY,
@@ -41,7 +41,9 @@ from .model import (
     FixRef,
     Plan,
     PointVms,
+    RemoveCopy,
     RemoveStage,
+    RetireTemplate,
     SetSetting,
     SetTemplate,
     Step,
@@ -57,6 +59,7 @@ FAILED = "failed"
 SKIPPED = "skipped"
 PLANNED = "planned"
 HELD = "held"
+KEPT = "kept"
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,10 @@ def _unapplied(step: Step, status: str, source: str = "") -> Outcome:
         return Outcome(step, FAILED, step.template_id, step.reason)
     if step.action == SKIP:
         return Outcome(step, SKIPPED, step.template_id)
-    if step.action == HOLD:
+    if step.held:
         return Outcome(step, HELD, step.template_id)
+    if step.action == KEEP:
+        return Outcome(step, KEPT, step.template_id)
     if step.action == NONE:
         return Outcome(step, READY, step.template_id, virtual_size=step.copy.virtual_size)
     return Outcome(step, status, step.template_id, source=source)
@@ -431,7 +436,7 @@ class _RowChanges:
 
     def _take(self, step: Step) -> Outcome:
         change = step.change
-        if change is None or step.action == HOLD:  # a note, or a change the plan holds back
+        if change is None or step.held:  # a note, or a change the plan holds back
             return _unapplied(step, READY)
         waiting = self._waiting(change)
         if waiting:
@@ -477,6 +482,8 @@ class _RowChanges:
         if isinstance(change, RemoveStage):
             stores.remove_stage(self.context.roots[change.store_id], change.name)
             return change.describe()
+        if isinstance(change, RemoveCopy):
+            return self._remove_copy(change)
         catalog, when = self.context.catalog, now()
         with catalog.transaction(self.context.guard):
             if isinstance(change, FixRef):
@@ -494,6 +501,8 @@ class _RowChanges:
                 catalog.set_setting(change.name, change.new, when)
             elif isinstance(change, DropOverride):
                 catalog.delete_overrides([change.id])
+            elif isinstance(change, RetireTemplate):
+                catalog.retire_template(change.template_id, when)
             elif isinstance(change, PointVms):
                 template_id = self._id(change.template_id)
                 if template_id is None:
@@ -502,6 +511,29 @@ class _RowChanges:
                 return change.describe(template_id)
             else:  # pragma: no cover - every change type is handled above
                 raise TypeError(change)
+        return change.describe()
+
+
+    def _remove_copy(self, change: RemoveCopy) -> str:
+        """Move the copy aside, mark its refs Destroyed, then delete it: the commit decides,
+        so a failure, or Ctrl-C, before it puts the copy back (a kill: the next prune does)."""
+        root = self.context.roots[change.store_id]
+        present = os.path.isdir(layout.template_dir(root, change.template_id))
+        trashed = stores.trash_copy(root, change.template_id) if present else None
+        try:
+            with self.context.catalog.transaction(self.context.guard):
+                self.context.catalog.destroy_store_refs(change.ref_ids)
+        except BaseException:
+            if trashed:
+                stores.untrash(root, trashed, change.template_id)
+            raise
+        if trashed:
+            try:
+                stores.empty_trash(root, trashed)
+            except OSError as exc:
+                raise StoreError(f"Store {change.store_id}: the rows say the copy is gone, but "
+                                 f"{trashed} could not be deleted: {exc.strerror}.",
+                                 "The next prune deletes it.") from exc
         return change.describe()
 
 

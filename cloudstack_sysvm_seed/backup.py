@@ -1,4 +1,5 @@
-"""The backup a repair writes before it changes anything, and the undo that restores it.
+"""The backup a repair (or prune) writes before it changes anything, and the undo that
+restores a repair's.
 
 A backup holds, as JSON, every row the repair may change, insert or delete, scoped by the
 tables and keys of its actions; undo puts them back in one transaction (rows added since in a
@@ -42,13 +43,13 @@ def scopes(actions) -> list[tuple[str, str, list]]:
     ]
 
 
-def write(catalog: Catalog, decided, directory: str) -> str:
-    """Write the backup of a doctor.RepairPlan (0600, fsynced, renamed into place) before
-    anything changes; returns its path.
+def write(catalog: Catalog, actions, directory: str, findings=(),
+          command: str = "repair") -> str:
+    """Write the backup of the rows `actions` may change (0600, fsynced, renamed into
+    place) before anything changes; returns its path. findings: doctor's, for the record.
 
     :raises SettingsError: when it cannot be written; nothing has changed then.
     """
-    actions = decided.actions
     tables = []
     for table, column, values in scopes(actions):
         if not values:
@@ -60,24 +61,24 @@ def write(catalog: Catalog, decided, directory: str) -> str:
     copies = [{"store_id": a.store_id, "template_id": a.template_id}
               for a in actions if isinstance(a, CopyTemplate)]
     document = {
-        "format": FORMAT, "tool": f"cloudstack-sysvm-seed {__version__}",
+        "format": FORMAT, "tool": f"cloudstack-sysvm-seed {__version__}", "command": command,
         "created": now().isoformat(sep=" ") + " UTC", "database": catalog.database_name(),
-        "findings": [f.record() for f in decided.findings],
+        "findings": [f.record() for f in findings],
         "actions": [a.describe() for a in actions],
         "tables": tables, "copies": copies,
     }
     stamp = time.strftime("%Y%m%dT%H%M%S")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".repair-", dir=directory)
+        handle, temporary = tempfile.mkstemp(prefix=f".{command}-", dir=directory)
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(document, stream, indent=1)
             stores.fsync_file(stream)
-        path = os.path.join(directory, f"repair-{stamp}-{os.getpid()}.json")
+        path = os.path.join(directory, f"{command}-{stamp}-{os.getpid()}.json")
         os.rename(temporary, path)
     except OSError as exc:
-        raise SettingsError(f"Cannot write the repair backup in {directory}: {exc}. Nothing "
-                            "was changed.", "Pass --backup-dir DIR.") from exc
+        raise SettingsError(f"Cannot write the {command} backup in {directory}: {exc}. "
+                            "Nothing was changed.", "Pass --backup-dir DIR.") from exc
     return path
 
 

@@ -214,17 +214,37 @@ class Catalog:
                 (r["hypervisor_type"], r["arch"] or "x86_64"))
         return {zone: frozenset(p) for zone, p in pairs.items()}
 
-    def system_templates(self) -> list[Template]:
-        """Every non-removed SYSTEM template, whatever its name, oldest first."""
+    def system_templates(self, removed: bool = False) -> list[Template]:
+        """Every SYSTEM template, whatever its name, oldest first: the non-removed ones, or
+        (removed) those retired."""
         optional = {"arch": "'x86_64'", "state": "NULL", "size": "NULL"}
         extra = ", ".join(f"{c if self.has('vm_template', c) else default} AS {c}"
                           for c, default in optional.items())
+        which = "IS NOT NULL" if removed else "IS NULL"
         rows = self._all(
             "SELECT id, uuid, name, hypervisor_type, format, url, cross_zones, "
-            f"{extra} FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL ORDER BY id")
+            f"{extra} FROM vm_template WHERE type = 'SYSTEM' AND removed {which} ORDER BY id")
         return [Template(r["id"], r["name"], r["hypervisor_type"] or "", r["arch"] or "x86_64",
                          r["state"], r["size"], r["uuid"], bool(r["cross_zones"]),
                          r["format"] or "", r["url"] or "") for r in rows]
+
+    def template_users(self, template_ids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+        """What uses these templates: non-removed VMs of any type (users' too) and, where the
+        table records it, non-removed volumes created from them."""
+        ids = sorted(set(template_ids))
+        if not ids:
+            return {}
+        found: dict[int, list[str]] = {}
+        for row in self._all(
+                "SELECT vm_template_id AS t, instance_name, type FROM vm_instance "
+                f"WHERE removed IS NULL AND vm_template_id IN ({_marks(ids)}) ORDER BY id", ids):
+            found.setdefault(row["t"], []).append(f"VM {row['instance_name']} ({row['type']})")
+        if self.has("volumes", "template_id"):
+            for row in self._all(
+                    "SELECT template_id AS t, id, name FROM volumes WHERE removed IS NULL "
+                    f"AND template_id IN ({_marks(ids)}) ORDER BY id", ids):
+                found.setdefault(row["t"], []).append(f"volume {row['name'] or row['id']}")
+        return {t: tuple(users) for t, users in found.items()}
 
     def templates_named(self, name: str) -> list[dict]:
         """Non-removed templates of any type with this name (registration matches names)."""
@@ -435,6 +455,17 @@ class Catalog:
     def update_store_ref(self, ref_id: int, changes: dict) -> None:
         assert set(changes) <= self._REF_CHANGES, changes
         self._update("template_store_ref", changes, ref_id)
+
+    def destroy_store_refs(self, ref_ids: Iterable[int]) -> None:
+        """As CloudStack marks a deleted copy: destroyed, state Destroyed."""
+        for ref_id in sorted(set(ref_ids)):
+            self._update("template_store_ref", {"destroyed": 1, "state": "Destroyed"}, ref_id)
+
+    def retire_template(self, template_id: int, when: datetime.datetime) -> None:
+        """As CloudStack deletes a template: Inactive and removed, its zone refs removed."""
+        self._update("vm_template", {"state": "Inactive", "removed": when}, template_id)
+        self._execute("UPDATE template_zone_ref SET removed = %s WHERE template_id = %s "
+                      "AND removed IS NULL", (when, template_id))
 
     def set_setting(self, name: str, value: str, when: datetime.datetime) -> None:
         """Set a global setting's value, inserting the row as CloudStack defines it when it is

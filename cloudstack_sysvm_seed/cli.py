@@ -16,6 +16,7 @@ from .commands import EXIT_MEANINGS, PROG, Command
 from .commands.check import CHECK
 from .commands.doctor import DOCTOR
 from .commands.install import INSTALL
+from .commands.prune import PRUNE_COMMAND
 from .commands.repair import REPAIR
 from .commands.seed import ON_STORE_ADDED, SEED
 from .dbprops import DEFAULT_KEY_FILE
@@ -23,7 +24,8 @@ from .dbprops import DEFAULT_KEY_FILE
 LOG = logging.getLogger(__name__)
 
 COMMANDS: dict[str, Command] = {
-    command.name: command for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR)}
+    command.name: command
+    for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR, PRUNE_COMMAND)}
 DEFAULT_COMMAND = SEED.name
 
 DESCRIPTION = """\

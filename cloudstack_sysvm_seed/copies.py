@@ -85,10 +85,12 @@ class CopyWriter:
         self._send("finish", None)
 
     def finish(self) -> None:
-        """end(), then wait; afterwards `error` says whether the copy is whole."""
+        """end(), then wait for the writer's thread to be done; afterwards `error` says
+        whether the copy is whole."""
         self.end()
         for _ in self.pool.as_finished([self]):
             pass
+        self.thread.join(self.stall_timeout)
 
     def settled(self) -> bool:
         """The copy is whole or given up; declares a stall when an operation hangs."""

@@ -50,6 +50,7 @@ ORPHAN_DIRECTORY = "orphan-directory"
 STALE_STAGING = "stale-staging"
 SYSTEM_VMS_ON_OLD_TEMPLATE = "system-vms-on-old-template"
 OLDER_TEMPLATE_IN_USE = "older-template-in-use"
+RETIRED_DIRECTORY_LEFT = "retired-directory-left"
 STORE_UNREACHABLE = "store-unreachable"
 _RECREATE = {
     "SecondaryStorageVm": "destroy it; CloudStack recreates it from the new template",
@@ -727,6 +728,18 @@ def _leftovers(model: _Model) -> list[Decision]:
             if (template_id, store_id) in model.copies or (
                     (template_id, store_id) in model.fixed):
                 continue  # the current template's copy: recorded or rewritten above
+            retired = next((t for t in model.s.retired if t.id == template_id), None)
+            if retired is not None:
+                decisions.append(Decision(Finding(
+                    RETIRED_DIRECTORY_LEFT,
+                    f"Store {store_id} still holds template/tmpl/1/{template_id} of SYSTEM "
+                    f"template {retired.label}, which is retired (removed) in the database"
+                    + (f": {survey.sizes[template_id]} bytes." if template_id in survey.sizes
+                       else "."),
+                    "Run `cloudstack-sysvm-seed prune`: it deletes it.",
+                    rows=(("vm_template", template_id),), **where),
+                    left="deleting files is prune's job"))
+                continue
             template = model.templates.get(template_id)
             known = (f"SYSTEM template {template.label}" if template else
                      "no Active or Inactive SYSTEM template with this id")

@@ -155,6 +155,10 @@ class StoreSurvey:
     directories: tuple[int, ...] = ()  # template/tmpl/1/<id> directories (full surveys)
     copies: Mapping[int, StoreCopy] = field(default_factory=dict)  # probed, by template id
     stages: tuple[tuple[str, float], ...] = ()  # (name, age in seconds) of our stages
+    # Full surveys: bytes under each template directory, and why one holds more than a
+    # template copy (a subdirectory, a link, a file no copy has), by template id.
+    sizes: Mapping[int, int] = field(default_factory=dict)
+    foreign: Mapping[int, str] = field(default_factory=dict)
 
 
 # --- the snapshot a plan is made from ----------------------------------------------------------
@@ -175,6 +179,9 @@ class Snapshot:
     overrides: tuple[Override, ...] = ()  # zone values of the same settings
     system_vms: tuple[SystemVm, ...] = ()
     holdings: frozenset[tuple[int, int]] = frozenset()  # (store id, template id), any template
+    retired: tuple[Template, ...] = ()  # SYSTEM templates removed (retired) in the database
+    # What uses a template besides settings and system VMs: any VM or volume, by id (prune).
+    users: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     surveys: Mapping[int, StoreSurvey] = field(default_factory=dict)  # by store id
     # Why a spec has no usable source (no bundled, cached or downloadable file), by section.
     missing_sources: Mapping[str, str] = field(default_factory=dict)
@@ -362,8 +369,46 @@ class RemoveStage:
         return f"store {self.store_id}: delete stale stage {layout.WORK_DIR}/stage/{self.name}"
 
 
+@dataclass(frozen=True)
+class RemoveCopy:
+    """Delete a retired template's copy from a store, as CloudStack retires one: its refs
+    there Destroyed, and template/tmpl/1/<id>/ deleted (checked first: only the copy)."""
+
+    template_id: int
+    store_id: int
+    ref_ids: tuple[int, ...]  # none: a directory left behind by an earlier retirement
+    size: int  # bytes it frees
+
+    def describe(self) -> str:
+        refs = (f"template_store_ref {', '.join(map(str, self.ref_ids))} Destroyed, "
+                if self.ref_ids else "")
+        return (f"store {self.store_id}: {refs}delete template/tmpl/{layout.SYSTEM_ACCOUNT}/"
+                f"{self.template_id}/ ({human_size(self.size)})")
+
+
+@dataclass(frozen=True)
+class RetireTemplate:
+    """vm_template Inactive and removed, its template_zone_ref rows removed: once no store
+    keeps a copy."""
+
+    template_id: int
+    after: tuple = ()  # its RemoveCopy changes
+
+    def describe(self) -> str:
+        return (f"vm_template {self.template_id}: state Inactive, removed set; its "
+                "template_zone_ref rows removed")
+
+
 Change = Union[SetTemplate, FixRef, DropRef, CopyTemplate, AddZoneRef, SetSetting,
-               DropOverride, PointVms, RemoveStage]
+               DropOverride, PointVms, RemoveStage, RemoveCopy, RetireTemplate]
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""  # pragma: no cover - the loop always returns
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -375,7 +420,8 @@ NONE = "none"  # all in order
 SKIP = "skip"  # not ours to seed, with why
 FAIL = "fail"  # cannot be done in this run, with why
 CONFIGURE = "configure"  # a row change besides the copies: settings, system VMs, templates
-HOLD = "hold"  # a change held back, with why and what finishes it
+KEEP = "keep"  # prune: a template that stays, with why
+PRUNE = "prune"  # prune: a template's copy or row that goes
 WRITES_COPY = (REGISTER, SEED)
 
 
@@ -393,6 +439,7 @@ class Step:
     store_ref: Optional[StoreRef] = None
     copy: Optional[StoreCopy] = None
     change: Optional[Change] = None
+    held: bool = False  # the plan holds this line back (why, and what finishes it: reason)
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,14 @@ class Observer(contextlib.ExitStack):
             overrides=tuple(catalog.zone_overrides(SETTING_NAMES)),
             system_vms=tuple(catalog.system_vms()),
             holdings=catalog.store_holdings(),
+            retired=tuple(catalog.system_templates(removed=True)),
             now=now(),
         )
+
+    def read_users(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot with what uses each template (any VM, any volume), for prune."""
+        return dataclasses.replace(snapshot, users=self.catalog.template_users(
+            t.id for t in snapshot.templates))
 
     def changed_since(self, snapshot: Snapshot, touched: Iterable[int] = ()) -> bool:
         """Whether the database changed, since `snapshot`, in what the row changes of a plan
@@ -86,7 +92,7 @@ class Observer(contextlib.ExitStack):
         if not self.reaped:
             stores.reap_leftovers(self.mount_settings.mountpoint_parent)
             self.reaped = True
-        by_id = {t.id: t for t in snapshot.templates}
+        by_id = {t.id: t for t in (*snapshot.templates, *snapshot.retired)}
         unique = list({store.id: store for store in targets}.values())
 
         def look(store: Store) -> StoreSurvey:
@@ -163,6 +169,9 @@ def _full_survey(root: str, store_id: int, templates: dict[int, Template]) -> St
         clock = time.time()
         stages = tuple((name, max(0.0, clock - mtime))
                        for name, mtime in stores.stages_on(root))
+        contents = {tid: stores.contents(root, tid) for tid in ids}
     except OSError as exc:
         return StoreSurvey(store_id, error=f"cannot read the store: {exc}")
-    return StoreSurvey(store_id, "", tuple(ids), copies, stages)
+    return StoreSurvey(store_id, "", tuple(ids), copies, stages,
+                       sizes={tid: size for tid, (size, _) in contents.items()},
+                       foreign={tid: why for tid, (_, why) in contents.items() if why})

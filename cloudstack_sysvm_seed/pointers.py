@@ -30,7 +30,6 @@ from .model import (
     ADOPT,
     CONFIGURE,
     FAIL,
-    HOLD,
     WRITES_COPY,
     DropOverride,
     PointVms,
@@ -262,9 +261,8 @@ class _Planner:
         old = self.s.settings.get(name)
         if old != new and versions.newer(versions.parse(old), self.release) \
                 and not self.allow_downgrade:
-            return [self._minreq_step(HOLD, f"{name} stays {old!r}: {self.metadata.path} holds "
-                                            f"{new}, which is older; --allow-downgrade lowers "
-                                            "it")]
+            return [self._minreq_step(f"{name} stays {old!r}: {self.metadata.path} holds "
+                                      f"{new}, which is older; --allow-downgrade lowers it")]
         blockers, needs, blocked_zones = [], [], set()
         for zone in self.s.zones:
             for hypervisor, arch in self._pairs(zone.id):
@@ -286,7 +284,7 @@ class _Planner:
         if old != new:
             if blockers:
                 steps.append(self._minreq_step(
-                    HOLD, f"{name} stays {old!r}: it moves to {new!r} last, once every "
+                    f"{name} stays {old!r}: it moves to {new!r} last, once every "
                           f"hypervisor in use has its new template Ready on every store; "
                           f"still missing: {'; '.join(blockers)}. Finish with: "
                           f"{self._finish_command(blockers)}"))
@@ -294,7 +292,7 @@ class _Planner:
                 note = "rolled back" if versions.newer(versions.parse(old), self.release) else ""
                 change = SetSetting(name, old, new, tuple(dict.fromkeys(needs)),
                                     router_changes, note=note)
-                steps.append(self._minreq_step(CONFIGURE, change.describe(), change))
+                steps.append(self._minreq_step(change.describe(), change))
         for override in self.s.overrides:
             if (override.name != name or override.value == new
                     or override.zone_id not in self.scope.zone_ids):
@@ -304,7 +302,7 @@ class _Planner:
             zone_needs = tuple(n for n in dict.fromkeys(needs) if n[1] == override.zone_id)
             drop = DropOverride(override.id, override.zone_id, name, override.value,
                                 zone_needs, (change,) if change else ())
-            steps.append(self._minreq_step(CONFIGURE, drop.describe(), drop))
+            steps.append(self._minreq_step(drop.describe(), drop))
         return steps
 
     def _finish_command(self, blockers: list[str]) -> str:
@@ -319,8 +317,10 @@ class _Planner:
         return Step(CONFIGURE, self.s.zone(zone_id), None, spec.hypervisor.key, spec.arch,
                     ref if isinstance(ref, int) else None, change.describe(), change=change)
 
-    def _minreq_step(self, action: str, reason: str, change=None) -> Step:
-        return Step(action, None, None, "", "", None, reason, change=change)
+    def _minreq_step(self, reason: str, change=None) -> Step:
+        """minreq's line: its change, or (no change) why it is held back."""
+        return Step(CONFIGURE, None, None, "", "", None, reason, change=change,
+                    held=change is None)
 
     def _held(self, spec: TemplateSpec, what: str, lacking: dict[int, tuple[str, ...]],
               zone_id: Optional[int] = None) -> Step:
@@ -333,8 +333,8 @@ class _Planner:
         reason = (f"{what}: {spec.name} is not Ready everywhere it is needed yet ({where}). "
                   f"Finish with: {finish}")
         ref = self.ref(spec)
-        return Step(HOLD, self.s.zone(zone_id), None, spec.hypervisor.key, spec.arch,
-                    ref if isinstance(ref, int) else None, reason)
+        return Step(CONFIGURE, self.s.zone(zone_id), None, spec.hypervisor.key, spec.arch,
+                    ref if isinstance(ref, int) else None, reason, held=True)
 
 
 def _hypervisor(name: Optional[str]) -> Optional[Hypervisor]:

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Iterable
 
 from .apply import FAILED, Outcome
-from .model import CONFIGURE, HOLD
+from .model import ADOPT, FAIL, NONE, SKIP, WRITES_COPY
 
 _COLUMNS = ("ZONE", "STORE", "HYPERVISOR", "TEMPLATE", "ACTION", "STATUS", "DETAIL")
 _DETAIL_WIDTH = 70
@@ -25,7 +25,7 @@ def record(outcome: Outcome) -> dict:
         "hypervisor": step.hypervisor or None,
         "arch": step.arch or None,
         "template_id": outcome.template_id,
-        "action": CONFIGURE if step.action == HOLD else step.action,
+        "action": step.action,
         "status": outcome.status,
         "error": outcome.error or None,
         "detail": outcome.detail or step.reason or None,
@@ -37,7 +37,7 @@ def records(outcomes: Iterable[Outcome]) -> list[dict]:
     """The copies' records by zone, store and hypervisor (zone-wide ones first), then the
     changes around them in the order they were made."""
     def key(rec):
-        if rec["action"] == CONFIGURE:
+        if rec["action"] not in (*WRITES_COPY, ADOPT, NONE, SKIP, FAIL):
             return (1,)
         return (0, rec["zone_id"] or 0, rec["store_id"] or 0, rec["hypervisor"] or "",
                 rec["arch"] or "")

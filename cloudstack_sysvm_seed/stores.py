@@ -303,10 +303,10 @@ def sweep_stages(root: str) -> int:
     return len(names)
 
 
-def _prune_work_dirs(root: str) -> None:
-    """Remove our stage/ and work directories once empty. rmdir fails on a non-empty one, so
-    another stage, or set-aside copies, keep them."""
-    for directory in (stage_dir(root), os.path.join(root, WORK_DIR)):
+def _prune_work_dirs(root: str, part: str = "stage") -> None:
+    """Remove our stage/ (or prune/) and work directories once empty. rmdir fails on a
+    non-empty one, so another stage, or set-aside copies, keep them."""
+    for directory in (os.path.join(root, WORK_DIR, part), os.path.join(root, WORK_DIR)):
         try:
             os.rmdir(directory)
         except OSError:
@@ -413,6 +413,70 @@ def stages_on(root: str) -> list[tuple[str, float]]:
                     continue
         found.append((name, newest))
     return found
+
+
+def contents(root: str, template_id: int) -> tuple[int, str]:
+    """Bytes under template/tmpl/1/<id>, and why it holds more than a template copy (a
+    subdirectory, a link, a special file: not ours to delete), or ""."""
+    directory = template_dir(root, template_id)
+    size, why = 0, ""
+    for entry in os.scandir(directory):
+        if entry.is_symlink():
+            why = why or f"a link {entry.name}"
+        elif entry.is_dir(follow_symlinks=False):
+            why = why or f"a subdirectory {entry.name}/"
+        elif not entry.is_file(follow_symlinks=False):
+            why = why or f"a special file {entry.name}"
+        else:
+            size += entry.stat(follow_symlinks=False).st_size
+    return size, why
+
+
+# --- a copy being deleted (prune) --------------------------------------------------------------
+# The rename out of template/ is the one step that can be undone, so it comes before the rows
+# say Destroyed; what a killed prune leaves in prune/ is put back or deleted by the next one.
+
+
+def trash_copy(root: str, template_id: int) -> str:
+    """Move a copy out of the template tree (a rename, atomic); returns where it went.
+
+    :raises StoreError: when the directory holds more than a copy, or cannot be moved.
+    """
+    source = template_dir(root, template_id)
+    _, why = contents(root, template_id)
+    if why:
+        raise StoreError(f"{source} holds {why}: not only a template copy, so it is not "
+                         "deleted.", "Look at it and move it off by hand; then rerun.")
+    trash = os.path.join(root, WORK_DIR, "prune")
+    os.makedirs(trash, mode=0o755, exist_ok=True)
+    target = os.path.join(trash, f"{template_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        raise StoreError(f"Cannot move {source} aside to delete it: {exc.strerror}.") from exc
+    return target
+
+
+def untrash(root: str, trashed: str, template_id: int) -> None:
+    """Put a copy back where it was (its rows still name it)."""
+    os.rename(trashed, template_dir(root, template_id))
+    _prune_work_dirs(root, "prune")
+
+
+def empty_trash(root: str, trashed: str) -> None:
+    shutil.rmtree(trashed)
+    _prune_work_dirs(root, "prune")
+
+
+def trashed_on(root: str) -> list[tuple[int, str]]:
+    """(template id, path) of the copies a prune moved aside and did not finish deleting."""
+    base = os.path.join(root, WORK_DIR, "prune")
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    return [(int(name.split("-", 1)[0]), os.path.join(base, name))
+            for name in names if name.split("-", 1)[0].isdigit()]
 
 
 def remove_stage(root: str, name: str) -> None:

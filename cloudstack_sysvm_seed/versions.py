@@ -39,16 +39,17 @@ def parse(text: Optional[str]) -> Optional[Version]:
 
 def newer(a: Optional[Version], b: Optional[Version]) -> bool:
     """a > b, where no version is older than any version."""
-    return _key(a) > _key(b)
+    return order(a) > order(b)
 
 
 def newest(versions) -> Optional[Version]:
-    return max(versions, key=_key, default=None)
+    return max(versions, key=order, default=None)
 
 
 def describe(version: Optional[Version]) -> str:
     return str(version) if version is not None else "no version"
 
 
-def _key(version: Optional[Version]) -> tuple:
+def order(version: Optional[Version]) -> tuple:
+    """A sort key: no version first, then by number."""
     return (0, ()) if version is None else (1, version.parts)

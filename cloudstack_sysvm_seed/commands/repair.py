@@ -17,7 +17,7 @@ from typing import Optional
 
 from .. import apply, backup, doctor, errors, hypervisors, layout, lock, metadata, plan, sources
 from ..errors import MetadataError, SettingsError
-from ..model import HOLD, CopyTemplate, Plan, Snapshot
+from ..model import CopyTemplate, Plan, Snapshot
 from ..observe import Observer
 from ..settings import DEFAULT_BACKUP_DIR, Settings
 from . import Command, confirm, connected, exit_codes, lock_argument, store_arguments
@@ -55,7 +55,8 @@ def repair(args: argparse.Namespace, config: Settings) -> int:
                     "repair changes the database and the stores")
             saved = None
             if any(values for _, _, values in backup.scopes(decided.actions)):
-                saved = backup.write(catalog, decided, args.backup_dir or DEFAULT_BACKUP_DIR)
+                saved = backup.write(catalog, decided.actions,
+                                     args.backup_dir or DEFAULT_BACKUP_DIR, decided.findings)
                 LOG.info("Backup of the rows repair may change: %s", saved)
             specs, found = copy_sources(decided, snapshot, observer.roots, bundled)
             the_plan = plan.repair_plan(snapshot, decided, specs)
@@ -65,7 +66,7 @@ def repair(args: argparse.Namespace, config: Settings) -> int:
                 if not observer.changed_since(snapshot, touched):
                     return None
                 return dataclasses.replace(the_plan, steps=tuple(
-                    dataclasses.replace(s, action=HOLD, reason=f"{s.reason}: {CHANGED_MEANWHILE}")
+                    dataclasses.replace(s, held=True, reason=f"{s.reason}: {CHANGED_MEANWHILE}")
                     for s in the_plan.steps))
 
             outcomes = apply.run(the_plan, apply.Context(
@@ -128,6 +129,11 @@ def copy_sources(decided: doctor.RepairPlan, snapshot: Snapshot, roots: dict,
 
 def undo(args: argparse.Namespace, config: Settings) -> int:
     saved = backup.read(args.undo)
+    if saved.get("command", "repair") != "repair":
+        raise SettingsError(
+            f"{args.undo} is the record of a {saved['command']}, which deleted copies from "
+            "the stores: putting its rows back would point CloudStack at copies that are "
+            "gone.", "Seed the templates again instead, if they are needed.")
     with connected(config) as catalog:
         if saved["database"] and saved["database"] != catalog.database_name():
             raise SettingsError(

@@ -112,7 +112,7 @@ class World:
     def argv(self, *args, mount_command=None) -> list:
         """The CLI's arguments for this world, then `args` (and, for the commands that
         read or write images, a private cache directory)."""
-        cache = ([] if args[:1] == ("doctor",)
+        cache = ([] if args[:1] in (("doctor",), ("prune",))
                  else ["--cache-dir", str(self.runtime.parent / "cache")])
         return [
             "--db-properties", str(self.cloud.db_properties),

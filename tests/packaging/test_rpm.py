@@ -139,8 +139,14 @@ class OverlaySystem:
 
     def rpm(self, *args, env):
         unshare = need("unshare", "util-linux")
+        # rpm 4.20 (Debian 13) runs scriptlets without network and with a private /tmp
+        # (its unshare plugin); the test database is on 127.0.0.1 and the hook must reach it,
+        # as it does on a real host, whose rpm has no such plugin switched on.
+        isolation = ["--define", "__transaction_unshare_nonet 0",
+                     "--define", "__transaction_unshare_paths %{nil}"]
         return run([unshare, "--mount", "--propagation", "private", self.enter,
-                    "rpm", f"--dbpath={self.db}", *args], env=env, check=False, merge=True)
+                    "rpm", f"--dbpath={self.db}", *isolation, *args], env=env, check=False,
+                   merge=True)
 
 
 MANAGEMENT_SPEC = """Name: cloudstack-management
