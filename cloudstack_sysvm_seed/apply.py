@@ -515,24 +515,22 @@ class _RowChanges:
 
 
     def _remove_copy(self, change: RemoveCopy) -> str:
-        """Move the copy aside, mark its refs Destroyed, then delete it: the commit decides,
-        so a failure, or Ctrl-C, before it puts the copy back (a kill: the next prune does)."""
+        """Mark the copy's refs Destroyed, then move it out of the template tree (a rename)
+        and delete it. Rows first: whatever stops the run, CloudStack never sees a Ready
+        copy whose files are gone; files left behind a commit, the next prune deletes."""
         root = self.context.roots[change.store_id]
         present = os.path.isdir(layout.template_dir(root, change.template_id))
-        trashed = stores.trash_copy(root, change.template_id) if present else None
-        try:
-            with self.context.catalog.transaction(self.context.guard):
-                self.context.catalog.destroy_store_refs(change.ref_ids)
-        except BaseException:
-            if trashed:
-                stores.untrash(root, trashed, change.template_id)
-            raise
-        if trashed:
+        if present:
+            stores.check_only_a_copy(root, change.template_id)
+        with self.context.catalog.transaction(self.context.guard):
+            self.context.catalog.destroy_store_refs(change.ref_ids)
+        if present:
             try:
-                stores.empty_trash(root, trashed)
-            except OSError as exc:
-                raise StoreError(f"Store {change.store_id}: the rows say the copy is gone, but "
-                                 f"{trashed} could not be deleted: {exc.strerror}.",
+                stores.empty_trash(root, stores.trash_copy(root, change.template_id))
+            except (OSError, StoreError) as exc:
+                raise StoreError(f"Store {change.store_id}: the rows say template "
+                                 f"{change.template_id}'s copy is gone, but its directory "
+                                 f"could not be deleted: {exc}.",
                                  "The next prune deletes it.") from exc
         return change.describe()
 

@@ -433,8 +433,17 @@ def contents(root: str, template_id: int) -> tuple[int, str]:
 
 
 # --- a copy being deleted (prune) --------------------------------------------------------------
-# The rename out of template/ is the one step that can be undone, so it comes before the rows
-# say Destroyed; what a killed prune leaves in prune/ is put back or deleted by the next one.
+# Out of the template tree in one rename, then deleted: a deletion cut short leaves no half
+# copy where the SSVM looks; what a killed prune leaves in prune/ the next one finishes.
+
+
+def check_only_a_copy(root: str, template_id: int) -> None:
+    """:raises StoreError: when template/tmpl/1/<id> holds more than a template copy."""
+    _, why = contents(root, template_id)
+    if why:
+        raise StoreError(f"{template_dir(root, template_id)} holds {why}: not only a "
+                         "template copy, so it is not deleted.",
+                         "Look at it and move it off by hand; then rerun.")
 
 
 def trash_copy(root: str, template_id: int) -> str:
@@ -443,10 +452,7 @@ def trash_copy(root: str, template_id: int) -> str:
     :raises StoreError: when the directory holds more than a copy, or cannot be moved.
     """
     source = template_dir(root, template_id)
-    _, why = contents(root, template_id)
-    if why:
-        raise StoreError(f"{source} holds {why}: not only a template copy, so it is not "
-                         "deleted.", "Look at it and move it off by hand; then rerun.")
+    check_only_a_copy(root, template_id)
     trash = os.path.join(root, WORK_DIR, "prune")
     os.makedirs(trash, mode=0o755, exist_ok=True)
     target = os.path.join(trash, f"{template_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
