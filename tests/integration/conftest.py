@@ -8,18 +8,31 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from testbed import images
 
-from cloudstack_sysvm_seed import cli
+from cloudstack_sysvm_seed import cli, properties
 
 VIRTUAL_SIZE = 64 * 1024**2
 # The metadata.ini form each era's package would ship.
 FORM_OF_ERA = {"4.11": "4.16", "4.15": "4.19", "4.20": "4.20", "upstream-4.20.2": "4.20",
                "upstream-4.22.0": "4.20"}
+
+
+def place_copy(export, template_id, image, virtual, ext, hv_key):
+    """A complete copy as the SSVM or our seeding leaves it; returns (install_path, physical)."""
+    filename = f"{uuid.uuid4()}.{ext}"
+    directory = export / "template" / "tmpl" / "1" / str(template_id)
+    directory.mkdir(parents=True)
+    shutil.copyfile(image, directory / filename)
+    physical = (directory / filename).stat().st_size
+    (directory / "template.properties").write_text(properties.TemplateProperties(
+        template_id, ext, filename, physical, virtual, hv_key).render())
+    return f"template/tmpl/1/{template_id}/{filename}", physical
 
 
 @dataclass

@@ -10,13 +10,12 @@ import json
 import os
 import shutil
 import time
-import uuid as uuidlib
 
 import pytest
-from conftest import VIRTUAL_SIZE
+from conftest import VIRTUAL_SIZE, place_copy
 from testbed import images as testbed_images
 
-from cloudstack_sysvm_seed import errors, images, properties
+from cloudstack_sysvm_seed import errors, images
 
 XEN_NAME = "systemvm-xenserver-4.5"
 TABLES = ("vm_template", "template_zone_ref", "template_store_ref", "configuration",
@@ -39,18 +38,6 @@ def qcow2_image(tmp_path_factory):
     path = tmp_path_factory.mktemp("qcow2") / "systemvm.qcow2"
     testbed_images.make_qcow2(path, VIRTUAL_SIZE)
     return path, VIRTUAL_SIZE
-
-
-def place_copy(export, template_id, image, virtual, ext, hv_key):
-    """A complete copy as the SSVM or our seeding leaves it; returns (install_path, physical)."""
-    filename = f"{uuidlib.uuid4()}.{ext}"
-    directory = export / "template" / "tmpl" / "1" / str(template_id)
-    directory.mkdir(parents=True)
-    shutil.copyfile(image, directory / filename)
-    physical = (directory / filename).stat().st_size
-    (directory / "template.properties").write_text(properties.TemplateProperties(
-        template_id, ext, filename, physical, virtual, hv_key).render())
-    return f"template/tmpl/1/{template_id}/{filename}", physical
 
 
 def all_rows(world):

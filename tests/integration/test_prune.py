@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
-import uuid as uuidlib
 
 import pytest
-from conftest import VIRTUAL_SIZE
+from conftest import VIRTUAL_SIZE, place_copy
 from testbed import images as testbed_images
 
-from cloudstack_sysvm_seed import errors, properties
+from cloudstack_sysvm_seed import errors
 
 ERAS = ["4.20", "upstream-4.20.2"]
 
@@ -50,23 +48,13 @@ class Cloud:
         for zone in self.zones.values():
             self.b.zone_ref(tid, zone)
         for store in (on if on is not None else self.stores.values()):
-            path, physical = place_copy(self.exports[store], tid, self.image, ext)
+            path, physical = place_copy(self.exports[store], tid, self.image, VIRTUAL_SIZE,
+                                        ext, hypervisor.lower())
             self.b.store_ref(tid, store, path, size=VIRTUAL_SIZE, physical_size=physical)
         return tid
 
     def directory(self, store, tid):
         return self.exports[store] / "template" / "tmpl" / "1" / str(tid)
-
-
-def place_copy(export, template_id, image, ext):
-    filename = f"{uuidlib.uuid4()}.{ext}"
-    directory = export / "template" / "tmpl" / "1" / str(template_id)
-    directory.mkdir(parents=True)
-    shutil.copyfile(image, directory / filename)
-    physical = (directory / filename).stat().st_size
-    (directory / "template.properties").write_text(properties.TemplateProperties(
-        template_id, ext, filename, physical, VIRTUAL_SIZE, "kvm").render())
-    return f"template/tmpl/1/{template_id}/{filename}", physical
 
 
 def prune(world, tmp_path, *args):
