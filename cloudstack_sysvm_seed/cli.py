@@ -18,12 +18,14 @@ from .commands.doctor import DOCTOR
 from .commands.install import INSTALL
 from .commands.repair import REPAIR
 from .commands.seed import ON_STORE_ADDED, SEED
+from .commands.watch import WATCH
 from .dbprops import DEFAULT_KEY_FILE
 
 LOG = logging.getLogger(__name__)
 
 COMMANDS: dict[str, Command] = {
-    command.name: command for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR)}
+    command.name: command for command in (SEED, ON_STORE_ADDED, WATCH, CHECK, INSTALL, DOCTOR,
+                                           REPAIR)}
 DEFAULT_COMMAND = SEED.name
 
 DESCRIPTION = """\
