@@ -4,6 +4,11 @@ the failing ones tried again with backoff.
 
 The loop decides when, never how: the query (`catalog.store_needs`) and the seeding (the
 `seed` command's, scoped to the stores) are handed in, and so are its clock and its sleep.
+Stores seen lacking for the first time are seeded in one run (one plan: each source image
+is then read once for all of them, as a `seed` of several stores is); a store tried again
+after a failure, or one with a busy hypervisor (a narrower scope), in a run of its own, so
+that its failure, its quiet retry and its scope stay its own.
+
 Its only state is in memory, one `Backoff` per process: the database and the stores are the
 state, so a restart only forgets when each failing store was to be tried again (it is tried
 at the first pass) and which failures were already logged (each is logged once more).
