@@ -197,12 +197,11 @@ class Watcher:
             started = self.clock()
             try:
                 result = self.one_pass()
+                if once:
+                    return 1 if result.failed else 0
             except SeedError:
                 if once:
-                    raise
-                result = None
-            if once:
-                return 1 if result.failed else 0
+                    raise  # logged; the loop instead asks again at the next interval
             self.sleep(max(0.0, started + self.interval - self.clock()))
 
     def one_pass(self) -> PassResult:
@@ -400,11 +399,12 @@ def quietly(enabled: bool = True) -> Iterator[None]:
 
 
 def duration(seconds: float) -> str:
-    """1h, 2m, 30s, 0.25s."""
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
+    """1h, 1.5h, 2m, 10m (for 612 s), 90s, 30s, 0.25s."""
+    if seconds >= 3600:
+        hours = seconds / 3600
+        return f"{hours:g}h" if hours == int(hours) else f"{hours:.1f}h"
+    if seconds >= 120 or (seconds >= 60 and seconds % 60 == 0):
+        return f"{round(seconds / 60)}m"
     if seconds >= 10:
         return f"{seconds:.0f}s"
     return f"{seconds:.2g}s"

@@ -210,5 +210,5 @@ def test_causes_differing_only_in_mountpoints_are_the_same():
 
 
 def test_durations_read_as_written():
-    assert [duration(s) for s in (0.2, 1.6, 30, 60, 90, 1800, 3600)] == [
-        "0.2s", "1.6s", "30s", "1m", "90s", "30m", "1h"]
+    assert [duration(s) for s in (0.2, 1.6, 30, 60, 90, 612, 1800, 3600, 5400)] == [
+        "0.2s", "1.6s", "30s", "1m", "90s", "10m", "30m", "1h", "1.5h"]
