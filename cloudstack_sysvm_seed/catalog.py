@@ -332,11 +332,13 @@ class Catalog:
             raise CatalogError(f"The query for stores that lack templates failed: "
                                f"{_reason(exc)}.",
                                "Check that the database is up; the next pass asks again.") from exc
-        return [StoreNeed(
+        needs = [StoreNeed(
             r["store_id"], r["store_url"] or "", r["zone_id"], r["hypervisor"], r["arch"],
             r["template_id"], r["template_name"], r["setting"] or "", bool(r["zone_named"]),
             r["ref_id"], "/".join(x for x in (r["ref_state"], r["ref_download_state"]) if x),
             None if r["ref_age"] is None else float(r["ref_age"])) for r in rows]
+        # Sorted here: an ORDER BY would sort the wide rows (urls) in a temporary table.
+        return sorted(needs, key=lambda n: (n.store_id, n.hypervisor, n.arch))
 
     def explain_store_needs(self, settings: Sequence[tuple[str, str]]) -> list[dict]:
         """The database's EXPLAIN of store_needs' statement: what it reads, and how."""
@@ -350,10 +352,12 @@ class Catalog:
             template_arch, by_arch = "COALESCE(arch, 'x86_64')", ", arch"
         else:
             template_arch, by_arch = "'x86_64'", ""
-        zone_value = ("(SELECT NULLIF(d.value, '') FROM data_center_details d WHERE d.dc_id = "
-                      "c.data_center_id AND d.name = k.setting ORDER BY d.id LIMIT 1)"
-                      if "data_center_details" in self.schema else "NULL")
-        global_value = ("(SELECT NULLIF(g.value, '') FROM configuration g "
+        # A template name is at most 255 characters (vm_template.name); so cast, the derived
+        # tables stay narrow and in memory (configuration.value is a VARCHAR(8191)).
+        zone_value = ("(SELECT CAST(NULLIF(d.value, '') AS CHAR(255)) FROM data_center_details "
+                      "d WHERE d.dc_id = c.data_center_id AND d.name = k.setting ORDER BY d.id "
+                      "LIMIT 1)" if "data_center_details" in self.schema else "NULL")
+        global_value = ("(SELECT CAST(NULLIF(g.value, '') AS CHAR(255)) FROM configuration g "
                         "WHERE g.name = k.setting)" if "configuration" in self.schema else "NULL")
         readonly = "AND s.readonly = 0 " if self.has("image_store", "readonly") else ""
         touched = ("GREATEST(COALESCE({0}.last_updated, {0}.created), "
@@ -403,8 +407,7 @@ class Catalog:
             "AND (SELECT r.id FROM template_store_ref r "
             "WHERE r.template_id = n.template_id AND r.store_id = s.id "
             "AND r.store_role = 'Image' AND r.destroyed = 0 AND r.state = 'Ready' "
-            f"AND r.download_state IN ({ready}) LIMIT 1) IS NULL "
-            "ORDER BY s.id, n.hypervisor, n.arch")
+            f"AND r.download_state IN ({ready}) LIMIT 1) IS NULL")
         args = [value for pair in settings for value in pair]
         args += [*UNFINISHED_STATES, *UNFINISHED_DOWNLOAD_STATES, *READY_DOWNLOAD_STATES]
         return sql, args
