@@ -282,9 +282,10 @@ def _open_writers(work_run: _WorkRun, context: Context, needed: int, memory_chun
                   pool: copies.WriterPool) -> None:
     """A writer per target store; each checks its store (probe file, room) first."""
     for step in work_run.work.seed_steps:
-        work_run.writers.append(copies.CopyWriter(
-            step, context.roots[step.store.id], work_run.filename, needed,
-            context.stall_timeout, context.downloads.cache_dir, memory_chunks, pool=pool))
+        with copies.signals_deferred():  # started and listed as one, so it is undone too
+            work_run.writers.append(copies.CopyWriter(
+                step, context.roots[step.store.id], work_run.filename, needed,
+                context.stall_timeout, context.downloads.cache_dir, memory_chunks, pool=pool))
 
 
 def _writers_still_on(group: list[_WorkRun], pool: copies.WriterPool) -> list[copies.CopyWriter]:

@@ -16,7 +16,7 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import pymysql
 from pymysql.constants import CLIENT
@@ -24,7 +24,18 @@ from pymysql.constants import CLIENT
 from . import configkeys
 from .dbprops import DbConfig
 from .errors import CatalogError, SchemaError
-from .model import Override, Store, StoreRef, SystemVm, Template, Zone
+from .model import (
+    READY_DOWNLOAD_STATES,
+    UNFINISHED_DOWNLOAD_STATES,
+    UNFINISHED_STATES,
+    Override,
+    Store,
+    StoreNeed,
+    StoreRef,
+    SystemVm,
+    Template,
+    Zone,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -111,7 +122,10 @@ class Catalog:
         return NamedLock(_open(self.config))
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        except pymysql.MySQLError:
+            pass  # already closed (the server went away)
 
     # --- schema --------------------------------------------------------------------------
 
@@ -313,6 +327,110 @@ class Catalog:
         return [SystemVm(r["id"], r["instance_name"], r["type"], r["data_center_id"],
                          r["hypervisor_type"], r["arch"] or "x86_64", r["vm_template_id"])
                 for r in rows]
+
+    def store_needs(self, settings: Sequence[tuple[str, str]]) -> list[StoreNeed]:
+        """Every (usable NFS image store, template its zone needs) without a Ready copy there,
+        in one statement: `watch` asks it each interval, so a pass with nothing to do costs
+        this query alone.
+
+        settings: (hypervisor as the database spells it, its router.template.<hv> setting),
+        the hypervisors that have system VM templates. A zone needs, per (hypervisor, arch)
+        of its non-removed clusters, the SYSTEM template its value of that setting names (the
+        zone's override in data_center_details, else the global value), or else the newest
+        registered SYSTEM template of that hypervisor and arch. A store is usable when it is
+        not removed, has role Image, protocol nfs, a zone (not removed) and is not read-only.
+        With each need comes the unfinished store ref of that pair (Allocated, Creating or
+        DOWNLOAD_IN_PROGRESS) updated last, and its age by the database's clock.
+
+        :raises CatalogError: when the query fails (the connection was lost, say).
+        """
+        if not settings:
+            return []
+        try:
+            rows = self._all(*self._store_needs_sql(settings))
+        except pymysql.MySQLError as exc:
+            raise CatalogError(f"The query for stores that lack templates failed: "
+                               f"{_reason(exc)}.",
+                               "Check that the database is up; the next pass asks again.") from exc
+        needs = [StoreNeed(
+            r["store_id"], r["store_url"] or "", r["zone_id"], r["hypervisor"], r["arch"],
+            r["template_id"], r["template_name"], r["setting"] or "", bool(r["zone_named"]),
+            r["ref_id"], "/".join(x for x in (r["ref_state"], r["ref_download_state"]) if x),
+            None if r["ref_age"] is None else float(r["ref_age"])) for r in rows]
+        # Sorted here: an ORDER BY would sort the wide rows (urls) in a temporary table.
+        return sorted(needs, key=lambda n: (n.store_id, n.hypervisor, n.arch))
+
+    def explain_store_needs(self, settings: Sequence[tuple[str, str]]) -> list[dict]:
+        """The database's EXPLAIN of store_needs' statement: what it reads, and how."""
+        sql, args = self._store_needs_sql(settings)
+        return self._all("EXPLAIN " + sql, args)
+
+    def _store_needs_sql(self, settings: Sequence[tuple[str, str]]) -> tuple[str, list]:
+        keys = " UNION ALL ".join(["SELECT %s AS hypervisor, %s AS setting"] * len(settings))
+        cluster_arch = "COALESCE(c.arch, 'x86_64')" if self.has("cluster", "arch") else "'x86_64'"
+        if self.has("vm_template", "arch"):
+            template_arch, by_arch = "COALESCE(arch, 'x86_64')", ", arch"
+        else:
+            template_arch, by_arch = "'x86_64'", ""
+        # A template name is at most 255 characters (vm_template.name); so cast, the derived
+        # tables stay narrow and in memory (configuration.value is a VARCHAR(8191)).
+        zone_value = ("(SELECT CAST(NULLIF(d.value, '') AS CHAR(255)) FROM data_center_details "
+                      "d WHERE d.dc_id = c.data_center_id AND d.name = k.setting ORDER BY d.id "
+                      "LIMIT 1)" if "data_center_details" in self.schema else "NULL")
+        global_value = ("(SELECT CAST(NULLIF(g.value, '') AS CHAR(255)) FROM configuration g "
+                        "WHERE g.name = k.setting)" if "configuration" in self.schema else "NULL")
+        readonly = "AND s.readonly = 0 " if self.has("image_store", "readonly") else ""
+        touched = ("GREATEST(COALESCE({0}.last_updated, {0}.created), "
+                   "COALESCE({0}.updated, {0}.last_updated, {0}.created))"
+                   if self.has("template_store_ref", "updated")
+                   else "COALESCE({0}.last_updated, {0}.created)")
+        ready = _marks(READY_DOWNLOAD_STATES)
+        unfinished, downloading = _marks(UNFINISHED_STATES), _marks(UNFINISHED_DOWNLOAD_STATES)
+        system = "FROM vm_template WHERE type = 'SYSTEM' AND removed IS NULL"
+        sql = (
+            "SELECT s.id AS store_id, s.url AS store_url, s.data_center_id AS zone_id, "
+            "n.hypervisor, n.arch, n.setting, n.zone_named, n.template_id, "
+            "t.name AS template_name, b.id AS ref_id, b.state AS ref_state, "
+            "b.download_state AS ref_download_state, "
+            f"TIMESTAMPDIFF(SECOND, {touched.format('b')}, UTC_TIMESTAMP()) AS ref_age "
+            "FROM image_store s "
+            # What each zone needs: (hypervisor, arch) of its clusters -> one template id.
+            "JOIN (SELECT p.zone_id, p.hypervisor, p.arch, "
+            "CASE WHEN named.id IS NULL THEN NULL ELSE p.setting END AS setting, "
+            "named.id IS NOT NULL AND p.zone_value IS NOT NULL AS zone_named, "
+            "COALESCE(named.id, newest.id) AS template_id "
+            "FROM (SELECT DISTINCT c.data_center_id AS zone_id, k.hypervisor, "
+            f"{cluster_arch} AS arch, k.setting, {zone_value} AS zone_value, "
+            f"{global_value} AS global_value "
+            "FROM cluster c JOIN data_center z ON z.id = c.data_center_id AND z.removed IS NULL "
+            f"JOIN ({keys}) k ON k.hypervisor = c.hypervisor_type "
+            "WHERE c.removed IS NULL) p "
+            f"LEFT JOIN (SELECT hypervisor_type, {template_arch} AS arch, name, MAX(id) AS id "
+            f"{system} GROUP BY hypervisor_type{by_arch}, name) named "
+            "ON named.hypervisor_type = p.hypervisor AND named.arch = p.arch "
+            "AND named.name = COALESCE(p.zone_value, p.global_value) "
+            f"LEFT JOIN (SELECT hypervisor_type, {template_arch} AS arch, MAX(id) AS id "
+            f"{system} GROUP BY hypervisor_type{by_arch}) newest "
+            "ON newest.hypervisor_type = p.hypervisor AND newest.arch = p.arch) n "
+            "ON n.zone_id = s.data_center_id "
+            "JOIN vm_template t ON t.id = n.template_id "
+            # The unfinished row of this (template, store) that was updated last, if any.
+            "LEFT JOIN template_store_ref b ON b.id = (SELECT u.id FROM template_store_ref u "
+            "WHERE u.template_id = n.template_id AND u.store_id = s.id "
+            "AND u.store_role = 'Image' AND u.destroyed = 0 "
+            f"AND (u.state IN ({unfinished}) OR u.download_state IN ({downloading})) "
+            f"ORDER BY {touched.format('u')} DESC, u.id DESC LIMIT 1) "
+            "WHERE s.removed IS NULL AND s.role = 'Image' AND LOWER(s.protocol) = 'nfs' "
+            f"AND s.data_center_id IS NOT NULL {readonly}"
+            # No Ready copy there. (A scalar subquery with LIMIT: looked up by index for each
+            # store and template; NOT EXISTS would be turned into a scan of every ref.)
+            "AND (SELECT r.id FROM template_store_ref r "
+            "WHERE r.template_id = n.template_id AND r.store_id = s.id "
+            "AND r.store_role = 'Image' AND r.destroyed = 0 AND r.state = 'Ready' "
+            f"AND r.download_state IN ({ready}) LIMIT 1) IS NULL")
+        args = [value for pair in settings for value in pair]
+        args += [*UNFINISHED_STATES, *UNFINISHED_DOWNLOAD_STATES, *READY_DOWNLOAD_STATES]
+        return sql, args
 
     def guest_os_ids(self, display_names: Iterable[str]) -> dict[str, int]:
         names = sorted(set(display_names))

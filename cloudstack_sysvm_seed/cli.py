@@ -19,13 +19,14 @@ from .commands.install import INSTALL
 from .commands.prune import PRUNE_COMMAND
 from .commands.repair import REPAIR
 from .commands.seed import ON_STORE_ADDED, SEED
+from .commands.watch import WATCH
 from .dbprops import DEFAULT_KEY_FILE
 
 LOG = logging.getLogger(__name__)
 
 COMMANDS: dict[str, Command] = {
     command.name: command
-    for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR, PRUNE_COMMAND)}
+    for command in (SEED, ON_STORE_ADDED, WATCH, CHECK, INSTALL, DOCTOR, REPAIR, PRUNE_COMMAND)}
 DEFAULT_COMMAND = SEED.name
 
 DESCRIPTION = """\

@@ -37,7 +37,10 @@ FILES: Tuple[Tuple[str, str], ...] = (
     (settings.DEFAULT_BACKUP_DIR,
      "JSON backups that repair writes before it changes rows (repair --undo)."),
     ("/var/log/cloudstack/management/sysvm-seed.log",
-     "The log of the runs started by the package hook."),
+     "The log of the runs started by the package hook, and of the watch unit."),
+    ("/usr/lib/systemd/system/cloudstack-sysvm-seed-watch.service",
+     "Runs the watch command; installed but not enabled: systemctl enable --now "
+     "cloudstack-sysvm-seed-watch.service."),
     ("/usr/lib/cloudstack-sysvm-seed/hook",
      "Run by the package triggers and by cloudstack-sysvm-seed.service; always exits 0."),
 )

@@ -24,6 +24,12 @@ if TYPE_CHECKING:  # metadata imports nothing of ours that imports this
 
 READY_DOWNLOAD_STATES = ("DOWNLOADED", "BYPASSED")
 STALE_AFTER = 3600.0  # seconds: an older stage, or a download "in progress", is abandoned
+# Seconds: an unfinished template_store_ref (Allocated, Creating, DOWNLOAD_IN_PROGRESS) updated
+# within this long is someone else's copy in progress (watch leaves the store alone); an
+# older one counts as failed and is seeded over.
+BUSY_AFTER = 1800.0
+UNFINISHED_STATES = ("Allocated", "Creating")
+UNFINISHED_DOWNLOAD_STATES = ("DOWNLOAD_IN_PROGRESS",)
 
 
 # --- what the database holds -----------------------------------------------------------------
@@ -100,6 +106,41 @@ class StoreRef:
     def ready(self) -> bool:
         """As CloudStack counts a copy usable (findSystemVMReadyTemplates)."""
         return self.state == "Ready" and self.download_state in READY_DOWNLOAD_STATES
+
+
+@dataclass(frozen=True)
+class StoreNeed:
+    """A usable NFS image store that lacks a Ready copy of a template its zone needs (what
+    `watch` asks each interval, catalog.store_needs), with the unfinished template_store_ref
+    row for that pair that was updated last, if any: someone may be writing it."""
+
+    store_id: int
+    store_url: str
+    zone_id: int
+    hypervisor: str  # database spelling
+    arch: str
+    template_id: int
+    template_name: str
+    named_by: str  # the setting naming it ("router.template.kvm", zone's or global), or ""
+    zone_override: bool = False  # named by the zone's value of that setting
+    ref_id: Optional[int] = None  # the unfinished row, if any
+    ref_state: str = ""  # its state/download_state, e.g. "Creating/DOWNLOAD_IN_PROGRESS"
+    ref_age: Optional[float] = None  # seconds since it was last updated
+
+    def busy(self, after: float = BUSY_AFTER) -> bool:
+        """Someone else (the management server, the SSVM) is writing this copy now."""
+        return self.ref_id is not None and self.ref_age is not None and self.ref_age < after
+
+    @property
+    def why(self) -> str:
+        """Why the zone needs the template, in the report's words."""
+        if not self.named_by:
+            return f"the newest SYSTEM template for {self.hypervisor} {self.arch}"
+        scope = f"zone {self.zone_id}'s" if self.zone_override else "the global"
+        return f"named by {scope} {self.named_by}"
+
+    def describe(self) -> str:
+        return f"template {self.template_id} ({self.template_name}, {self.why})"
 
 
 @dataclass(frozen=True)

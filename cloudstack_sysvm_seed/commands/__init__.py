@@ -1,6 +1,6 @@
-"""The commands, one module each (seed and on-store-added, install, check, doctor, repair),
-each holding its options, its confirmation and its output; and what they share: the option
-groups, the connection to the database, and the question before a change."""
+"""The commands, one module each (seed and on-store-added, watch, install, check, doctor,
+repair), each holding its options, its confirmation and its output; and what they share: the
+option groups, the connection to the database, and the question before a change."""
 
 from __future__ import annotations
 
@@ -104,12 +104,20 @@ def lock_argument(parser: argparse.ArgumentParser) -> None:
                         help="wait this long for the registration lock (default 1200)")
 
 
+def open_catalog(config: Settings) -> Catalog:
+    """A connection to the cloud database named by db.properties.
+
+    :raises SettingsError: for unreadable db.properties; CatalogError: unreachable.
+    """
+    db_config = dbprops.database_config(dbprops.load(config.db_properties),
+                                        config.db_properties, config.key_file, os.environ)
+    return Catalog.connect(db_config)
+
+
 @contextlib.contextmanager
 def connected(config: Settings) -> Iterator[Catalog]:
     """The cloud database named by db.properties; closed when the block ends."""
-    db_config = dbprops.database_config(dbprops.load(config.db_properties),
-                                        config.db_properties, config.key_file, os.environ)
-    catalog = Catalog.connect(db_config)
+    catalog = open_catalog(config)
     try:
         yield catalog
     finally:

@@ -34,6 +34,7 @@ from pkgtools import (
 from cloudstack_sysvm_seed import __version__
 
 UNIT = "usr/lib/systemd/system/cloudstack-sysvm-seed.service"
+WATCH_UNIT = "usr/lib/systemd/system/cloudstack-sysvm-seed-watch.service"
 WANTS = "usr/lib/systemd/system/cloudstack-management.service.wants/cloudstack-sysvm-seed.service"
 MANPAGE = "usr/share/man/man8/cloudstack-sysvm-seed.8.gz"
 COMPLETION = "usr/share/bash-completion/completions/cloudstack-sysvm-seed"
@@ -95,6 +96,7 @@ def test_file_list_modes_and_scripts(deb_package, tmp_path):
     assert listing["/usr/bin/cloudstack-sysvm-seed"] == "-rwxr-xr-x"
     assert listing["/usr/lib/cloudstack-sysvm-seed/hook"] == "-rwxr-xr-x"
     assert listing[f"/{UNIT}"] == "-rw-r--r--"
+    assert listing[f"/{WATCH_UNIT}"] == "-rw-r--r--"
     assert listing[f"/{WANTS} -> ../cloudstack-sysvm-seed.service"] == "lrwxrwxrwx"
     assert "/var/lib/cloudstack-sysvm-seed" in listing
     for path in (MANPAGE, COMPLETION, f"{DOC}/copyright", f"{DOC}/changelog.gz",
@@ -199,6 +201,11 @@ def test_systemd_unit(deb_tree, tmp_path):
     assert "Install" not in unit
     assert (deb_tree / WANTS).resolve() == (deb_tree / UNIT).resolve()
 
+    assert_verified(deb_tree, tmp_path, UNIT)
+
+
+def assert_verified(deb_tree, tmp_path, unit):
+    """systemd-analyze verify passes on the packaged unit."""
     analyze = need("systemd-analyze", "systemd")
     # verify loads the default dependencies (sysinit.target...) from the root: lend it the
     # host's targets, then check our unit and that ExecStart is there and executable.
@@ -209,9 +216,49 @@ def test_systemd_unit(deb_tree, tmp_path):
     for target in host_units.glob("*.target"):
         shutil.copy(target, root / "usr/lib/systemd/system" / target.name)
     # verify also runs `man` on Documentation=: let it find the packaged page.
-    done = run([analyze, "verify", f"--root={root}", f"/{UNIT}"], check=False,
+    done = run([analyze, "verify", f"--root={root}", f"/{unit}"], check=False,
                env=base_env(MANPATH=str(root / "usr/share/man")))
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_watch_unit(deb_tree, deb_package, tmp_path):
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str
+    unit.read(deb_tree / WATCH_UNIT)
+    assert unit["Service"]["Type"] == "simple"
+    assert unit["Service"]["Restart"] == "on-failure"
+    # The watch stops its own children (mount, umount) on SIGTERM; systemd must not.
+    assert unit["Service"]["KillMode"] == "mixed"
+    assert {"mariadb.service", "mysql.service"} <= set(unit["Unit"]["After"].split())
+    assert "Before" not in unit["Unit"]  # it does not hold up the management server
+    assert unit["Install"]["WantedBy"] == "multi-user.target"  # `systemctl enable` works
+    argv = unit["Service"]["ExecStart"].split()
+    assert argv[0] == "/usr/bin/cloudstack-sysvm-seed" and argv[-1] == "watch"
+    # The log: the journal (stderr) and CloudStack's log directory.
+    assert argv[argv.index("--log-file") + 1] == "/var/log/cloudstack/management/sysvm-seed.log"
+    assert "StandardError" not in unit["Service"]
+    assert_verified(deb_tree, tmp_path, WATCH_UNIT)
+
+    # Not enabled, not started by the package: only an operator's enablement is kept (and
+    # purged with the package), a running watch restarted on upgrade and stopped on removal.
+    control = tmp_path / "control"
+    run(["dpkg-deb", "-e", deb_package, control])
+    scripts = {name: (control / name).read_text() for name in ("postinst", "prerm", "postrm")}
+    calls = {name: re.findall(r"deb-systemd-(?:helper|invoke) (?:--quiet )?([a-z-]+)", text)
+             for name, text in scripts.items()}
+    assert calls == {
+        "postinst": ["debian-installed", "was-enabled", "enable", "update-state", "try-restart"],
+        "prerm": ["stop"], "postrm": ["purge"]}
+    # `enable` only where the operator had enabled it (new symlinks of a changed unit).
+    postinst = scripts["postinst"]
+    assert re.search(r'was-enabled "\$watch"; then\n(\s*#.*\n)*\s*deb-systemd-helper enable',
+                     postinst), postinst
+    assert 'if [ -z "${DPKG_ROOT:-}" ] && [ -n "${2:-}" ] && [ -d /run/systemd/system ]; then\n' \
+           '            deb-systemd-invoke try-restart "$watch"' in postinst  # upgrades only
+    assert '[ "$1" = remove ]' in scripts["prerm"]
+    for text in scripts.values():
+        assert not re.search(r"deb-systemd-invoke (start|restart)|systemctl (enable|start)",
+                             text)
 
 
 # -- dpkg for real --------------------------------------------------------------------------

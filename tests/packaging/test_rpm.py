@@ -75,6 +75,22 @@ def test_triggers_call_the_hook_and_never_fail(rpm_package):
                     f"{HOOK} || :"]
 
 
+def test_the_watch_unit_is_never_enabled_or_started(rpm_package):
+    """The operator enables the watch; the package only stops and disables it on erase, and
+    restarts it on upgrade when it runs (what %systemd_preun/_postun_with_restart do)."""
+    scripts = scriptlets(query(rpm_package, "--scripts"))
+    text = "\n".join(line for body in scripts.values() for line in body)
+    assert "systemctl --no-reload disable --now cloudstack-sysvm-seed-watch.service" in "\n".join(
+        scripts["preuninstall"])
+    assert '[ "$1" -eq 0 ] && [ -d /run/systemd/system ]; then systemctl --no-reload disable' \
+        in text
+    assert "systemctl try-restart cloudstack-sysvm-seed-watch.service" in "\n".join(
+        scripts["postuninstall"])
+    assert not re.search(r"systemctl (enable|start|restart)|preset", text)
+    assert "/usr/lib/systemd/system/cloudstack-sysvm-seed-watch.service" in query(
+        rpm_package, "-l")
+
+
 def test_files_match_the_deb(rpm_package, deb_package):
     listing = {}
     for line in query(rpm_package, "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]").splitlines():
