@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import checksum, copies, images, layout, progress, properties, sources, stores
+from . import checksum, copies, images, layout, progress, properties, signals, sources, stores
 from .catalog import Catalog, NewTemplate, now
 from .errors import SeedError
 from .model import (
@@ -277,9 +277,12 @@ def _open_writers(work_run: _WorkRun, context: Context, needed: int, memory_chun
                   pool: copies.WriterPool) -> None:
     """A writer per target store; each checks its store (probe file, room) first."""
     for step in work_run.work.seed_steps:
-        work_run.writers.append(copies.CopyWriter(
-            step, context.roots[step.store.id], work_run.filename, needed,
-            context.stall_timeout, context.downloads.cache_dir, memory_chunks, pool=pool))
+        # A writer's thread makes its stage at once: a signal between the start and the
+        # append would leave a stage nobody removes, and a file open on the mount.
+        with signals.deferred():
+            work_run.writers.append(copies.CopyWriter(
+                step, context.roots[step.store.id], work_run.filename, needed,
+                context.stall_timeout, context.downloads.cache_dir, memory_chunks, pool=pool))
 
 
 def _writers_still_on(group: list[_WorkRun], pool: copies.WriterPool) -> list[copies.CopyWriter]:

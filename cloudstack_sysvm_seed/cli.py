@@ -7,11 +7,10 @@ import argparse
 import difflib
 import logging
 import os
-import signal
 import sys
 from typing import Mapping, Optional, Sequence
 
-from . import __version__, errors, settings
+from . import __version__, errors, settings, signals
 from .commands import EXIT_MEANINGS, PROG, Command
 from .commands.check import CHECK
 from .commands.doctor import DOCTOR
@@ -124,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None,
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config = settings.from_args(args, os.environ if environ is None else environ)
     _setup_logging(config.log_file, bool(args.debug))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore_signals = signals.install()
     try:
         return COMMANDS[args.command].run(args, config)
     except errors.SeedError as exc:
@@ -141,11 +140,7 @@ def main(argv: Optional[Sequence[str]] = None,
         LOG.exception("internal error (bug)")
         return errors.EXIT_BUG
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _on_sigterm(signum, frame):
-    raise errors.Interrupted()
+        restore_signals()
 
 
 def _setup_logging(log_file: Optional[str], debug: bool) -> None:
