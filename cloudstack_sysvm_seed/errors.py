@@ -103,10 +103,12 @@ class ImageFormatError(SourceError):
 class CommandFailed(SeedError):
     """An external command exited non-zero or timed out."""
 
-    def __init__(self, argv: list[str], detail: str, hint: Optional[str] = None):
+    def __init__(self, argv: list[str], detail: str, hint: Optional[str] = None,
+                 signal: Optional[int] = None):
         super().__init__(f"Command {' '.join(argv)!s} failed: {detail}", hint)
         self.argv = argv
         self.detail = detail
+        self.signal = signal  # the signal that killed it, if one did
 
 
 class Interrupted(KeyboardInterrupt):

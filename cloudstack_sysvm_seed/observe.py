@@ -101,7 +101,11 @@ class Observer(contextlib.ExitStack):
                 t.id: stores.probe(root, t.id, _extension(t)) for t in probe_for(store)})
 
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mount") as pool:
-            found = {survey.store_id: survey for survey in pool.map(look, unique)}
+            try:
+                found = {survey.store_id: survey for survey in pool.map(look, unique)}
+            except BaseException:  # Ctrl-C: mount no more stores (those mounted come off)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return dataclasses.replace(snapshot, surveys={**snapshot.surveys, **found})
 
     def _mount(self, store: Store) -> tuple[str, str]:

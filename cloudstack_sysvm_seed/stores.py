@@ -98,7 +98,7 @@ def _unmount_and_remove(mountpoint: str, settings: MountSettings, lazy: bool) ->
         if not is_mounted(mountpoint):
             break
         try:
-            runner.run(argv + [mountpoint], timeout=settings.umount_timeout)
+            runner.run(argv + [mountpoint], timeout=settings.umount_timeout, cleanup=True)
         except CommandFailed as exc:
             LOG.warning("Unmounting %s failed (attempt %d/%d): %s",
                         mountpoint, attempt, len(attempts), exc.detail)
