@@ -7,6 +7,7 @@ import argparse
 import difflib
 import logging
 import os
+import pwd
 import sys
 from typing import Mapping, Optional, Sequence
 
@@ -125,7 +126,10 @@ def main(argv: Optional[Sequence[str]] = None,
     _setup_logging(config.log_file, bool(args.debug))
     restore_signals = signals.install()
     try:
-        return COMMANDS[args.command].run(args, config)
+        command = COMMANDS[args.command]
+        if command.mounts:
+            _need_root(command.name)
+        return command.run(args, config)
     except errors.SeedError as exc:
         LOG.debug("Failure", exc_info=True)
         _print_error(exc.message, exc.hint)
@@ -141,6 +145,22 @@ def main(argv: Optional[Sequence[str]] = None,
         return errors.EXIT_BUG
     finally:
         restore_signals()
+
+
+def _need_root(command: str) -> None:
+    """:raises NotRoot: before anything is read or mounted, when not root. Each store
+    would otherwise fail on its own, with mount's "must be superuser"."""
+    uid = os.geteuid()
+    if uid == 0:
+        return
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = "no name"
+    raise errors.NotRoot(
+        f"`{command}` mounts the NFS secondary stores, which needs root; this is uid {uid} "
+        f"({user}). Nothing was mounted or changed.",
+        f"Run it as root, e.g. sudo {PROG} {command} ...")
 
 
 def _setup_logging(log_file: Optional[str], debug: bool) -> None:

@@ -36,6 +36,10 @@ class SettingsError(SeedError):
     exit_code = EXIT_USAGE
 
 
+class NotRoot(SettingsError):
+    """The command mounts stores, which needs root."""
+
+
 class MetadataError(SeedError):
     """metadata.ini is unreadable or malformed; lists every problem found."""
 

@@ -46,6 +46,7 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Settings], int]
     exit_codes: dict  # code -> what it means for this command
+    mounts: bool = False  # mounts the stores, so needs root
 
     def epilog(self) -> str:
         width = max(len(str(code)) for code in self.exit_codes)

@@ -191,4 +191,5 @@ CHECK = Command(
     _arguments, _run,
     exit_codes(errors.EXIT_FAILED,
                meaning={errors.EXIT_OK: "ready: seeding would succeed now",
-                        errors.EXIT_FAILED: "problems were found (listed)"}))
+                        errors.EXIT_FAILED: "problems were found (listed)"}),
+    mounts=True)

@@ -60,4 +60,5 @@ DOCTOR = Command(
     store_arguments, _run,
     exit_codes(errors.EXIT_FAILED,
                meaning={errors.EXIT_OK: "healthy: no findings",
-                        errors.EXIT_FAILED: "findings (listed, each with its fix)"}))
+                        errors.EXIT_FAILED: "findings (listed, each with its fix)"}),
+    mounts=True)

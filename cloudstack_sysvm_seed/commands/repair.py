@@ -220,4 +220,5 @@ REPAIR = Command(
     exit_codes(errors.EXIT_FAILED, errors.EXIT_LOCKED,
                meaning={errors.EXIT_OK: "repaired (or, with --dry-run, planned)",
                         errors.EXIT_FAILED: "something failed, or was left as is "
-                                            "(the report says why)"}))
+                                            "(the report says why)"}),
+    mounts=True)

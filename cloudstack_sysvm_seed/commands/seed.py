@@ -120,7 +120,8 @@ SEED = Command(
                meaning={errors.EXIT_OK: "every store in scope is Ready, or there was nothing "
                                         "to do",
                         errors.EXIT_FAILED: "some store or hypervisor failed, or was refused "
-                                            "(an older templates directory)"}))
+                                            "(an older templates directory)"}),
+    mounts=True)
 
 
 def _store_added_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,4 +153,5 @@ ON_STORE_ADDED = Command(
     exit_codes(errors.EXIT_FAILED, errors.EXIT_METADATA, errors.EXIT_LOCKED,
                meaning={errors.EXIT_OK: "the store is seeded, or seeding failed without "
                                         "--strict",
-                        errors.EXIT_FAILED: "with --strict: seeding the store failed"}))
+                        errors.EXIT_FAILED: "with --strict: seeding the store failed"}),
+    mounts=True)

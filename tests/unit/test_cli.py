@@ -1,10 +1,17 @@
 """The CLI in-process: argument handling and the exit code of each failure before the run."""
 
+import os
+import pwd
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from cloudstack_sysvm_seed import cli, errors
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_seed_is_the_default_command_and_globals_go_anywhere():
@@ -75,3 +82,26 @@ def test_unreachable_database_exits_4_without_the_password(tmp_path, templates, 
     err = capsys.readouterr().err
     assert "Cannot connect to the cloud database cloud@127.0.0.1:" in err
     assert "hunter2" not in err and "hunter2" not in log.read_text()
+
+
+@pytest.mark.parametrize("command", ["seed", "check", "doctor", "repair", "on-store-added"])
+def test_without_root_a_command_that_mounts_stops_before_anything(tmp_path, command):
+    """As `nobody`, for real: one message and exit 2, before db.properties or metadata.ini
+    (which `nobody` cannot even read here) and before any mount."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root, to become nobody", pytrace=False)
+    extra = ["--store-id", "1"] if command == "on-store-added" else []
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         sys.executable, "-m", "cloudstack_sysvm_seed", command, *extra,
+         "--db-properties", str(tmp_path / "db.properties"),
+         "--templates-dir", str(tmp_path), "--mount-command", str(tmp_path / "never")],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert done.returncode == errors.EXIT_USAGE, done.stderr
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert done.stderr.splitlines() == [
+        f"cloudstack-sysvm-seed: error: `{command}` mounts the NFS secondary stores, which "
+        f"needs root; this is uid {uid} (nobody). Nothing was mounted or changed.",
+        f"cloudstack-sysvm-seed: Run it as root, e.g. sudo cloudstack-sysvm-seed {command} ...",
+    ]
