@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 from . import checksum, copies, images, layout, progress, properties, signals, sources, stores
 from .catalog import Catalog, NewTemplate, now
-from .errors import SeedError
+from .errors import ChecksumMismatch, ImageFormatError, SeedError
 from .model import (
     ADOPT,
     FAIL,
@@ -254,12 +254,27 @@ def _seed_group(group: list[_WorkRun], context: Context, pool: copies.WriterPool
         finally:
             shown.close()
     except (SeedError, OSError) as exc:
-        LOG.error("%s: %s", spec.label, exc)
         for work_run in group:
-            work_run.fail_seeding(str(exc))
+            cause = _cause(work_run, hashers[work_run.checksum_text], path, exc)
+            LOG.error("%s: %s", work_run.work.spec.label, cause)
+            work_run.fail_seeding(cause)
         return
     for work_run in group:
         _verify(work_run, hashers[work_run.checksum_text], path, info)
+
+
+def _cause(work_run: _WorkRun, hasher, path: str, exc: Exception) -> str:
+    """Why a pass failed, in words: a file that fails to decode and does not match its
+    checksum is a damaged file, and the mismatch is what says so for certain. (The reader
+    hashed the whole file before it raised ImageFormatError.)"""
+    expected = work_run.work.spec.checksum
+    if isinstance(exc, ImageFormatError) and expected is not None:
+        actual = hasher.hexdigest()
+        if actual != expected.hexdigest:
+            decoding = exc.message.removeprefix(f"{path}: ")
+            return str(ChecksumMismatch(path, expected.algorithm, expected.hexdigest, actual,
+                                        also=decoding))
+    return str(exc)
 
 
 def _local_file(source: sources.Source, spec, context: Context) -> str:

@@ -91,10 +91,14 @@ class SourceError(SeedError):
 
 
 class ChecksumMismatch(SourceError):
-    def __init__(self, path: str, algorithm: str, expected: str, actual: str):
+    """also: what else went wrong with the file (decoding it failed), said after."""
+
+    def __init__(self, path: str, algorithm: str, expected: str, actual: str,
+                 also: str = ""):
         super().__init__(
             f"Checksum mismatch for {path} ({algorithm}):\n"
-            f"  expected {expected}\n  actual   {actual}",
+            f"  expected {expected}\n  actual   {actual}"
+            + (f"\n  (and decoding it failed: {also})" if also else ""),
             "The file is corrupt or was modified; reinstall cloudstack-management "
             "(or fetch the file again). Do not bypass the check.",
         )

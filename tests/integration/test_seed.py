@@ -7,6 +7,7 @@ import bz2
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -227,6 +228,51 @@ def test_a_corrupt_bundle_changes_nothing_and_is_named(world, stores_root):
     assert world.state(stores_root) == before
     assert str(world.bundle) in run.out
     assert not (export / ".cloudstack-sysvm-seed").exists()
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["in-process bz2", "lbzip2"])
+def test_a_damaged_byte_is_reported_as_the_checksum_mismatch_it_is(world, stores_root,
+                                                                  slow_bundle, large):
+    """The decoder's complaint ("block CRC mismatch") is not the cause: the file differs
+    from what metadata.ini says it is, and the report says so with both digests."""
+    store, export = zone_with_one_store(world)
+    if large:
+        world.use_bundle(slow_bundle)
+    expected = md5(world.bundle)
+    data = bytearray(world.bundle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    world.bundle.write_bytes(bytes(data))
+    run = world.run("--json")
+    assert run.code == errors.EXIT_FAILED
+    (record,) = copies(json.loads(run.out))
+    assert record["error"].startswith(
+        f"Checksum mismatch for {world.bundle} (MD5):\n  expected {expected}\n"
+        f"  actual   {md5(world.bundle)}\n  (and decoding it failed: corrupt ")
+    assert "The file is corrupt or was modified; reinstall" in record["error"]
+    assert world.rows("template_store_ref") == []
+    assert not (export / ".cloudstack-sysvm-seed").exists()
+
+
+def test_a_killed_decompressor_is_named_not_the_file(world, stores_root, slow_bundle,
+                                                    tmp_path, monkeypatch):
+    """The real lbzip2, SIGKILLed as the OOM killer does, as soon as it runs."""
+    zone_with_one_store(world)
+    world.use_bundle(slow_bundle)
+    real = shutil.which("lbzip2")
+    assert real, "lbzip2 is missing: scripts/setup installs it"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "lbzip2").write_text(f'#!/bin/sh\n( kill -KILL $$ ) &\nexec {real} "$@"\n')
+    (bindir / "lbzip2").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    run = world.run("--json")
+    assert run.code == errors.EXIT_FAILED
+    (record,) = copies(json.loads(run.out))
+    assert record["error"].startswith(f"Decompressing {world.bundle} failed: lbzip2 was "
+                                      "killed by SIGKILL (out of memory?). The file is not "
+                                      "known to be damaged.")
+    assert "corrupt" not in record["error"] and "reinstall" not in record["error"]
+    assert world.rows("template_store_ref") == []
 
 
 def test_checksum_mismatch_message_has_algorithm_expected_and_actual(world, stores_root):
