@@ -102,11 +102,11 @@ def _signal_of(code: int) -> Optional[int]:
     return -code if code < 0 else None
 
 
-# The children running now, by pid; those a signal killed. Plain dict and set operations,
-# atomic under the GIL, so that the signal handler may read them at any moment.
-_LIVE: dict[int, subprocess.Popen] = {}
+# The children running now: pid -> (process, whether a stopping run lets it finish); and
+# those a stop killed. Plain dict and set operations, atomic under the GIL, so that the
+# signal handler may use them at any moment.
+_LIVE: dict[int, tuple[subprocess.Popen, bool]] = {}
 _STOPPED: set[int] = set()
-_CLEANUP: set[int] = set()  # children a stopping run lets finish
 
 
 def _start(argv: list[str], cleanup: bool = False, **options) -> subprocess.Popen:
@@ -114,22 +114,27 @@ def _start(argv: list[str], cleanup: bool = False, **options) -> subprocess.Pope
     with signals.deferred():
         process = subprocess.Popen(argv, start_new_session=True,
                                    env=dict(os.environ, LC_ALL="C"), **options)
-        _LIVE[process.pid] = process
-        if cleanup:
-            _CLEANUP.add(process.pid)
+        _LIVE[process.pid] = (process, cleanup)
+    if signals.stopping() is not None and not cleanup:
+        _stop(process)  # started by another thread as the run stopped: too late to run
     return process
 
 
 def stop_children() -> None:
     """Kill every child's process group but the cleanup commands': the run is stopping,
     and no mount or decoder is to outlive it, or to hold it up."""
-    for pid, process in list(_LIVE.items()):
-        if pid not in _CLEANUP and process.returncode is None:
-            _STOPPED.add(pid)
-            _kill_group(pid)
+    for process, cleanup in list(_LIVE.values()):
+        if not cleanup:
+            _stop(process)
 
 
 signals.on_stop(stop_children)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.returncode is None:
+        _STOPPED.add(process.pid)
+        _kill_group(process.pid)
 
 
 def _kill_group(pid: int) -> None:
@@ -161,7 +166,6 @@ def _kill(process: subprocess.Popen) -> None:
 def _forget(pid: int) -> bool:
     """Drop a reaped child from the records; whether a stopping run had killed it."""
     _LIVE.pop(pid, None)
-    _CLEANUP.discard(pid)
     stopped = pid in _STOPPED
     _STOPPED.discard(pid)
     return stopped

@@ -37,8 +37,10 @@ def install() -> Callable[[], None]:
     previous = {signum: signal.signal(signum, _handle) for signum in HANDLED}
 
     def restore() -> None:
+        global _stopping, _pending
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _stopping = _pending = None  # the run is over; what runs next is not stopping
     return restore
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from cloudstack_sysvm_seed import runner
+from cloudstack_sysvm_seed import runner, signals
 from cloudstack_sysvm_seed.errors import CommandFailed
 
 
@@ -94,7 +94,8 @@ def test_each_child_has_a_process_group_of_its_own():
     assert pgid == pid and int(pgid) != os.getpgrp()
 
 
-def test_stopping_kills_running_children_but_lets_cleanup_finish(tmp_path):
+def test_ctrl_c_kills_running_children_but_lets_cleanup_finish(tmp_path):
+    """A real SIGINT to this process, with the run's handlers (see signals)."""
     pidfile = tmp_path / "helper.pid"
     outcome = {}
 
@@ -109,17 +110,33 @@ def test_stopping_kills_running_children_but_lets_cleanup_finish(tmp_path):
                                        cleanup=True)
 
     threads = [threading.Thread(target=mount), threading.Thread(target=umount)]
-    for thread in threads:
-        thread.start()
-    while not pidfile.exists() or not pidfile.read_text().strip():
-        time.sleep(0.01)
-    runner.stop_children()
-    for thread in threads:
-        thread.join(10)
+    restore = signals.install()
+    try:
+        for thread in threads:
+            thread.start()
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        for thread in threads:
+            thread.join(10)
+    finally:
+        restore()
     # The mount's thread hears of the stop, not of a failed mount ("exit code -9").
     assert isinstance(outcome["mount"], KeyboardInterrupt)
     assert gone_soon(int(pidfile.read_text()))
     assert outcome["umount"].stdout == "unmounted\n"
+    # After the stop, a command that is no cleanup does not run.
+    restore = signals.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(["sleep", "30"], timeout=60)
+        assert time.monotonic() - started < 5
+    finally:
+        restore()
 
 
 def test_a_child_killed_by_a_signal_is_named_so():

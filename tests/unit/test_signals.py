@@ -53,8 +53,10 @@ def test_later_signals_are_logged_and_let_the_cleanup_run(handled, caplog):
                         "Got SIGTERM again; still undoing partial work, please wait"]
 
 
-def test_each_run_starts_afresh(handled):
+def test_each_run_starts_afresh_and_leaves_nothing_stopping():
+    restore = signals.install()
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
-    signals.install()()  # a new run, at once ended
+    assert signals.stopping() == signal.SIGINT
+    restore()
     assert signals.stopping() is None
