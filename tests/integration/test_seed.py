@@ -7,6 +7,7 @@ import bz2
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,11 @@ ERAS = ["4.11", "4.15", "4.20"]
 def copies(records):
     """The records of the copies, without the changes around them (action configure)."""
     return [r for r in records if r["action"] != "configure"]
+
+
+def unwrapped(text):
+    """The text report with its lines joined again (it wraps at 80 columns)."""
+    return re.sub(r"\n\s+", " ", text)
 
 
 def md5(path):
@@ -282,8 +288,9 @@ def test_checksum_mismatch_message_has_algorithm_expected_and_actual(world, stor
     metadata.write_text(metadata.read_text().replace(world.kvm.checksum, wrong))
     run = world.run()
     assert run.code == errors.EXIT_FAILED
-    assert f"Checksum mismatch for {world.bundle} (MD5)" in run.out
-    assert f"expected {wrong}" in run.out and f"actual   {md5(world.bundle)}" in run.out
+    out = unwrapped(run.out)
+    assert f"Checksum mismatch for {world.bundle} (MD5)" in out
+    assert f"expected {wrong}" in out and f"actual   {md5(world.bundle)}" in out
     assert world.rows("template_store_ref") == []
 
 
