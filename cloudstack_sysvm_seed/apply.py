@@ -256,7 +256,7 @@ def _seed_group(group: list[_WorkRun], context: Context, pool: copies.WriterPool
     except (SeedError, OSError) as exc:
         for work_run in group:
             cause = _cause(work_run, hashers[work_run.checksum_text], path, exc)
-            LOG.error("%s: %s", work_run.work.spec.label, cause)
+            LOG.warning("%s: %s", work_run.work.spec.label, cause)  # ERROR with the report
             work_run.fail_seeding(cause)
         return
     for work_run in group:
@@ -459,7 +459,7 @@ class _RowChanges:
         try:
             detail = self._make(change)
         except (SeedError, OSError, ValueError) as exc:
-            LOG.error("%s failed: %s", step.reason, exc)
+            LOG.warning("%s failed: %s", step.reason, exc)  # ERROR with the report
             outcome = Outcome(step, FAILED, step.template_id, str(exc))
         else:
             self.made.add(change)

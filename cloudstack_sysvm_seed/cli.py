@@ -11,7 +11,7 @@ import pwd
 import sys
 from typing import Mapping, Optional, Sequence
 
-from . import __version__, errors, settings, signals
+from . import __version__, errors, report, settings, signals
 from .commands import EXIT_MEANINGS, PROG, Command
 from .commands.check import CHECK
 from .commands.doctor import DOCTOR
@@ -70,9 +70,22 @@ def _add_global_options(parser: argparse.ArgumentParser, default) -> None:
                        help="log commands and show tracebacks")
 
 
+class UsageError(Exception):
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors main reports (as JSON too, with --json)."""
+
+    def error(self, message: str):
+        raise UsageError(message, self.format_usage())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: global options, and a subparser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_global_options(parser, None)
@@ -121,7 +134,17 @@ def _command_position(argv: list[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None,
          environ: Optional[Mapping[str, str]] = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Run one command; every error is logged at ERROR (so stderr and --log-file have the
+    same words) and, with --json, is also a JSON object on stdout."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(exc.usage)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if "--json" in argv:
+            print(report.fatal_json(str(exc), errors.EXIT_USAGE, f"See {PROG} --help."))
+        raise SystemExit(errors.EXIT_USAGE) from None
     config = settings.from_args(args, os.environ if environ is None else environ)
     _setup_logging(config.log_file, bool(args.debug))
     restore_signals = signals.install()
@@ -132,19 +155,28 @@ def main(argv: Optional[Sequence[str]] = None,
         return command.run(args, config)
     except errors.SeedError as exc:
         LOG.debug("Failure", exc_info=True)
-        _print_error(exc.message, exc.hint)
-        return exc.exit_code
+        return _failed(config, exc.message, exc.exit_code, exc.hint)
     except errors.Interrupted:
-        _print_error("terminated; partial work was undone.")
-        return errors.EXIT_TERMINATED
+        return _failed(config, "terminated; partial work was undone.", errors.EXIT_TERMINATED)
     except KeyboardInterrupt:
-        _print_error("interrupted; partial work was undone.")
-        return errors.EXIT_INTERRUPTED
-    except Exception:  # a bug: say so, with the traceback
+        return _failed(config, "interrupted; partial work was undone.",
+                       errors.EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: say so, with the traceback
         LOG.exception("internal error (bug)")
+        if config.json:
+            print(report.fatal_json(f"internal error (bug): {exc}", errors.EXIT_BUG,
+                                    "Please report it, with the output of --debug."))
         return errors.EXIT_BUG
     finally:
         restore_signals()
+
+
+def _failed(config: settings.Settings, message: str, code: int,
+            hint: Optional[str] = None) -> int:
+    LOG.error("%s", f"{message}\n{hint}" if hint else message)
+    if config.json:
+        print(report.fatal_json(message, code, hint))
+    return code
 
 
 def _need_root(command: str) -> None:
@@ -169,7 +201,7 @@ def _setup_logging(log_file: Optional[str], debug: bool) -> None:
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    stderr.setFormatter(EveryLine(f"{PROG}: %(levelname)s: %(message)s"))
     root.addHandler(stderr)
     if log_file:
         try:
@@ -177,12 +209,22 @@ def _setup_logging(log_file: Optional[str], debug: bool) -> None:
         except OSError as exc:
             LOG.warning("Cannot write the log file %s: %s", log_file, exc)
             return
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(EveryLine(
             "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
 
 
-def _print_error(message: str, hint: Optional[str] = None) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"{PROG}: {hint}", file=sys.stderr)
+class EveryLine(logging.Formatter):
+    """Each line of a message gets the prefix: a multi-line error (metadata.ini's problems,
+    a checksum's expected and actual) stays one record, and `grep ERROR` finds every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if "\n" not in message:
+            return super().format(record)
+        lines = [super(EveryLine, self).format(logging.makeLogRecord(
+            {**record.__dict__, "msg": line, "args": None, "exc_info": None,
+             "exc_text": None, "stack_info": None})) for line in message.split("\n")]
+        if record.exc_info:
+            lines.append(self.formatException(record.exc_info))
+        return "\n".join(lines)

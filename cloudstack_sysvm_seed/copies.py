@@ -133,7 +133,7 @@ class CopyWriter:
         self.error = (f"timeout: no progress writing to store {store.id} ({store.url}) in zone "
                       f"{zone.name if zone else '-'} for {self.stall_timeout:g}s; the NFS "
                       "server may be down or overloaded. Other stores go on.")
-        LOG.error("%s", self.error)
+        LOG.warning("%s", self.error)  # at ERROR in the report's list, at the end
         self.backlog.drop()
 
     # --- the writing thread -----------------------------------------------------------------

@@ -115,8 +115,8 @@ class Observer(contextlib.ExitStack):
                                lazy=lambda: bool(self.stalled), nfs_version=store.nfs_version)
         try:
             root = mount.__enter__()
-        except StoreError as exc:
-            LOG.error("%s (%s): %s", label, store.url, exc)
+        except StoreError as exc:  # at ERROR in the report's list, once, at the end
+            LOG.warning("%s (%s): %s", label, store.url, exc)
             return "", str(exc)
         with self.lock:  # registered at once, so an interrupt never leaves a mount behind
             self.mounts.append(mount)

@@ -74,6 +74,9 @@ def repair(args: argparse.Namespace, config: Settings) -> int:
     results = [Result(o.step.change, _RESULT_OF.get(o.status, FAILED), o.error or _why(o))
                for o in outcomes if o.step.change is not None]
     print(_report(decided, saved, results, config.json))
+    for result in results:
+        if result.status == FAILED:  # stderr and the log file say why, --json or not
+            LOG.error("Failed: %s: %s", result.action.describe(), result.detail)
     failed = any(r.status != DONE for r in results)
     return errors.EXIT_FAILED if failed or decided.left else errors.EXIT_OK
 

@@ -83,8 +83,15 @@ def observe_and_plan(observer: Observer, meta: Metadata, config: Settings,
 
 
 def report_and_exit(outcomes: list[apply.Outcome], config: Settings) -> int:
+    """Print the report; log each warning, and each distinct failure at ERROR (so that
+    stderr and the log file say why, --json or not), then the counts."""
     print(report.to_json(outcomes) if config.json else
           report.to_table(outcomes, dry_run=config.dry_run))
+    records = report.records(outcomes)
+    for warning in report.warnings(records):
+        LOG.warning("%s", warning)
+    for error, where in report.failures(records):
+        LOG.error("%s", report.failure_line(error, where))
     LOG.info("Done: %s", report.summary(outcomes))
     failed = any(o.status == apply.FAILED for o in outcomes)
     return errors.EXIT_FAILED if failed else errors.EXIT_OK

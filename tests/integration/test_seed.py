@@ -520,3 +520,23 @@ def test_a_hung_mount_times_out_and_the_other_stores_finish(world, stores_root, 
                                              f"for store {hung}: timed out after 1s.")
     assert records[hung]["zone"] == "east" and records[hung]["store_url"].endswith("/hangs")
     assert world.leftover_mountpoints() == []
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_store_failure_is_logged_at_error_in_the_same_words_everywhere(world, stores_root,
+                                                                         tmp_path, as_json):
+    store, _ = zone_with_one_store(world)
+    gone = world.builder.store(world.rows("data_center")[0]["id"], "nfs://10.1.0.9/export/gone")
+    log = tmp_path / "seed.log"
+    run = world.run("--log-file", str(log), *(["--json"] if as_json else []))
+    assert run.code == errors.EXIT_FAILED
+    prefix = "cloudstack-sysvm-seed: ERROR: "
+    on_stderr = [line[len(prefix):] for line in run.err.splitlines() if line.startswith(prefix)]
+    in_log = [line.split(" ERROR ", 1)[1].split(": ", 1)[1]
+              for line in log.read_text().splitlines() if " ERROR " in line]
+    assert on_stderr == in_log == [
+        f"Failed for kvm x86_64 on store {gone} (nfs://10.1.0.9/export/gone) in zone east: "
+        f"Cannot mount 10.1.0.9:/export/gone for store {gone}: exit code 32: mount.nfs: access "
+        "denied by server while mounting 10.1.0.9:/export/gone. Check that the NFS server is "
+        "reachable and exports the path to this host."]
+    assert "Done: copies 1 ready, 1 failed; stores 1 ready, 1 failed;" in log.read_text()

@@ -1,5 +1,6 @@
 """The CLI in-process: argument handling and the exit code of each failure before the run."""
 
+import json
 import os
 import pwd
 import socket
@@ -101,7 +102,46 @@ def test_without_root_a_command_that_mounts_stops_before_anything(tmp_path, comm
     assert done.returncode == errors.EXIT_USAGE, done.stderr
     uid = pwd.getpwnam("nobody").pw_uid
     assert done.stderr.splitlines() == [
-        f"cloudstack-sysvm-seed: error: `{command}` mounts the NFS secondary stores, which "
+        f"cloudstack-sysvm-seed: ERROR: `{command}` mounts the NFS secondary stores, which "
         f"needs root; this is uid {uid} (nobody). Nothing was mounted or changed.",
-        f"cloudstack-sysvm-seed: Run it as root, e.g. sudo cloudstack-sysvm-seed {command} ...",
+        f"cloudstack-sysvm-seed: ERROR: Run it as root, e.g. sudo cloudstack-sysvm-seed "
+        f"{command} ...",
     ]
+
+
+def messages(text, prefix):
+    """The messages of the lines that start with `prefix` (up to the message)."""
+    return [line.split(prefix, 1)[1] for line in text.splitlines() if prefix in line]
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_an_early_failure_is_logged_at_error_in_the_same_words_everywhere(
+        tmp_path, templates, capsys, as_json):
+    props = tmp_path / "db.properties"
+    write_props(props, closed_port())
+    log = tmp_path / "seed.log"
+    log.write_text("2024-01-01 00:00:00,000 1 INFO cloudstack_sysvm_seed: Done: earlier run\n")
+    code = cli.main(["--templates-dir", str(templates), "--db-properties", str(props),
+                     "--log-file", str(log)] + (["--json"] if as_json else []))
+    assert code == errors.EXIT_DATABASE
+    captured = capsys.readouterr()
+    on_stderr = messages(captured.err, "cloudstack-sysvm-seed: ERROR: ")
+    in_log = messages(log.read_text(), " ERROR cloudstack_sysvm_seed.cli: ")
+    assert on_stderr == in_log and len(in_log) == 2
+    assert in_log[0].startswith("Cannot connect to the cloud database cloud@127.0.0.1:")
+    assert in_log[1] == "Check db.properties (--db-properties) and that MySQL/MariaDB is running."
+    if as_json:
+        assert json.loads(captured.out) == {"error": in_log[0], "exit_code": 4,
+                                            "hint": in_log[1]}
+    else:
+        assert captured.out == ""
+
+
+def test_a_usage_error_with_json_is_a_json_object_too(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--json", "docter"])
+    assert info.value.code == errors.EXIT_USAGE
+    captured = capsys.readouterr()
+    reply = json.loads(captured.out)
+    assert reply["exit_code"] == 2 and "did you mean 'doctor'?" in reply["error"]
+    assert "did you mean 'doctor'?" in captured.err
