@@ -9,6 +9,7 @@ import logging
 import os
 import pwd
 import sys
+import textwrap
 from typing import Mapping, Optional, Sequence
 
 from . import __version__, errors, report, settings, signals
@@ -26,19 +27,17 @@ COMMANDS: dict[str, Command] = {
     command.name: command for command in (SEED, ON_STORE_ADDED, CHECK, INSTALL, DOCTOR, REPAIR)}
 DEFAULT_COMMAND = SEED.name
 
-DESCRIPTION = """\
-Register Apache CloudStack SystemVM templates in the cloud database and seed them onto every
-NFS secondary store of every zone: what the management server does at upgrade time, as a
-re-runnable tool that shows every change before making it and fails one store at a time.
-Without a command, `seed` runs."""
+DESCRIPTION = (
+    "Register Apache CloudStack SystemVM templates in the cloud database and seed them onto "
+    "every NFS secondary store of every zone: what the management server does at upgrade "
+    "time, as a re-runnable tool that shows every change before making it and fails one "
+    "store at a time. Without a command, `seed` runs.")
 
-EPILOG = f"""\
-The mount command is run as: CMD [-o OPTIONS] HOST:/PATH MOUNTPOINT
-`{PROG} COMMAND --help` shows a command's options, and what its exit codes
-mean for it.
-
-exit codes:
-""" + "\n".join(f"  {code:<3}  {meaning}" for code, meaning in sorted(EXIT_MEANINGS.items()))
+EPILOG = (
+    "The mount command is run as: CMD [-o OPTIONS] HOST:/PATH MOUNTPOINT\n"
+    f"`{PROG} COMMAND --help` shows a command's options, and what its exit codes mean for "
+    "it.\n\nexit codes:\n"
+    + "\n".join(f"  {code:<3}  {meaning}" for code, meaning in sorted(EXIT_MEANINGS.items())))
 
 # Global options that take a value: their values are never taken for the command's name.
 _GLOBAL_VALUES = ("--db-properties", "--key-file", "--templates-dir", "--mount-command",
@@ -76,6 +75,19 @@ class UsageError(Exception):
         self.usage = usage
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Each line of a description or an epilog wrapped to the terminal on its own, so that
+    prose flows while the lines of the exit codes table stay as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            hanging = indent + " " * (len(line) - len(line.lstrip()) + 5 * line.startswith("  "))
+            lines += textwrap.wrap(line, width, initial_indent=indent,
+                                   subsequent_indent=hanging, break_on_hyphens=False) or [""]
+        return "\n".join(lines)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, whose errors main reports (as JSON too, with --json)."""
 
@@ -87,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line: global options, and a subparser per command."""
     parser = _Parser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Formatter)
     _add_global_options(parser, None)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
@@ -95,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             command.name, help=command.summary, description=command.description,
             epilog=command.epilog(), allow_abbrev=False, conflict_handler="resolve",
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            formatter_class=_Formatter)
         # Global options may also follow the command; SUPPRESS keeps values given before it.
         _add_global_options(sub, argparse.SUPPRESS)
         command.add_arguments(sub)

@@ -22,7 +22,8 @@ PROG = "cloudstack-sysvm-seed"
 EXIT_MEANINGS = {
     errors.EXIT_OK: "success",
     errors.EXIT_FAILED: "the run finished, but something failed (see the report)",
-    errors.EXIT_USAGE: "bad arguments or settings (db.properties), or not confirmed",
+    errors.EXIT_USAGE: "bad arguments or settings (db.properties), not root, or not "
+                      "confirmed",
     errors.EXIT_METADATA: "metadata.ini is missing or malformed",
     errors.EXIT_DATABASE: "the cloud database is unreachable, or its schema does not fit",
     errors.EXIT_STORE: "a store cannot be used at all (e.g. a malformed URL); nothing changed",

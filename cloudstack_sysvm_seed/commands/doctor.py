@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 DOCTOR = Command(
-    "doctor", "report, changing nothing, what keeps system VMs from starting",
+    "doctor", "find what keeps system VMs from starting (read-only)",
     "Check, without changing anything, what keeps system VMs from starting: duplicate "
     "per-zone templates, missing zone refs and store copies, refs that are not Ready, files "
     "that disagree with the rows, zero sizes, router.template.<hv>, system VMs on old "

@@ -214,7 +214,7 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 REPAIR = Command(
-    "repair", "fix what doctor finds, with a backup that --undo restores",
+    "repair", "fix what doctor finds; --undo restores its backup",
     "Fix what doctor finds, where it is safe, in one run (the one-template-per-zone mess "
     "included): shows the plan and asks (--yes without a terminal), writes a JSON backup of "
     "every row it may change first; `repair --undo FILE` puts them back. Never destroys a "

@@ -115,7 +115,7 @@ def _run_seed(args: argparse.Namespace, config: Settings) -> int:
 
 
 SEED = Command(
-    "seed", "register the templates and seed every NFS store (the default command)",
+    "seed", "register the templates, seed every NFS store (default)",
     "Register the SystemVM templates described by metadata.ini and seed them onto every NFS "
     "image store of each zone; then point router.template.<hv>, "
     "minreq.sysvmtemplate.version and the system VMs in scope at them, where that is safe. "

@@ -145,3 +145,73 @@ def test_a_usage_error_with_json_is_a_json_object_too(capsys):
     reply = json.loads(captured.out)
     assert reply["exit_code"] == 2 and "did you mean 'doctor'?" in reply["error"]
     assert "did you mean 'doctor'?" in captured.err
+
+
+# --- the command line, as git, apt and systemctl users expect it ------------------------------
+
+
+def help_of(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command_on_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = help_of(capsys).splitlines()
+    for name, command in cli.COMMANDS.items():
+        (line,) = [line for line in lines if line.split()[:1] == [name]]
+        assert line.split(None, 1)[1] == command.summary
+    assert max(len(line) for line in lines) <= 80
+
+
+GLOBALS = [("--db-properties", "/x/db.properties"), ("--key-file", "/x/key"),
+           ("--templates-dir", "/x/t"), ("--mount-command", "bind-mount --root /s"),
+           ("--umount-command", "umount -f"), ("--log-file", "/x/log"), ("--json", True),
+           ("--debug", True)]
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+@pytest.mark.parametrize("option, value", GLOBALS, ids=[o for o, _ in GLOBALS])
+def test_global_options_work_before_and_after_the_command(command, option, value):
+    given = [option] if value is True else [option, str(value)]
+    required = {"on-store-added": ["--store-id", "1"],
+                "install": ["-m", "/mnt", "-f", "x", "-h", "kvm"]}.get(command, [])
+    dest = option.lstrip("-").replace("-", "_")
+    before = cli.parse_args([*given, command, *required])
+    after = cli.parse_args([command, *required, *given])
+    assert before.command == after.command == command
+    assert getattr(before, dest) == getattr(after, dest) == value
+
+
+def test_an_unknown_command_is_named_with_the_nearest_one(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["docter"])
+    assert info.value.code == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "error: unknown command 'docter'; did you mean 'doctor'?" in err
+    assert "unrecognized arguments" not in err
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_each_command_shows_its_own_options_and_exit_codes(capsys, name):
+    command = cli.COMMANDS[name]
+    text = help_of(capsys, name)
+    assert text.startswith(f"usage: cloudstack-sysvm-seed {name} ")
+    table = text.split("\nexit codes:\n", 1)[1].splitlines()
+    codes = [int(line.split()[0]) for line in table if line[2:3].isdigit()]
+    assert codes == list(command.exit_codes)
+    joined = text.replace("\n       ", " ")  # a long meaning wraps under itself
+    for code, meaning in command.exit_codes.items():
+        assert f"  {code:<3}  {meaning}" in joined
+    own = {"seed": "--dry-run", "on-store-added": "--strict", "check": "--allow-downgrade",
+           "install": "--mountpoint", "doctor": "--jobs", "repair": "--undo"}
+    assert own[name] in text
+    assert ("--dry-run" in text) == (name in ("seed", "repair"))
+
+
+def test_doctor_has_no_metadata_or_lock_exit_codes(capsys):
+    text = help_of(capsys, "doctor")
+    assert "metadata.ini" not in text.split("\nexit codes:\n", 1)[1]
+    assert "holds the lock" not in text
