@@ -155,6 +155,17 @@ class StoreSurvey:
     directories: tuple[int, ...] = ()  # template/tmpl/1/<id> directories (full surveys)
     copies: Mapping[int, StoreCopy] = field(default_factory=dict)  # probed, by template id
     stages: tuple[tuple[str, float], ...] = ()  # (name, age in seconds) of our stages
+    # The stages this host's runs named (layout.stage_owner): whether each run is alive.
+    stage_runs: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeftoverMount:
+    """A private mountpoint that a run no longer alive left behind (stores.leftovers)."""
+
+    path: str
+    pid: int
+    source: str = ""  # what is still mounted there (host:/export), or "" for none
 
 
 # --- the snapshot a plan is made from ----------------------------------------------------------
@@ -180,6 +191,7 @@ class Snapshot:
     missing_sources: Mapping[str, str] = field(default_factory=dict)
     now: Optional[datetime.datetime] = None  # UTC, to age download states
     stale_after: float = STALE_AFTER
+    leftover_mounts: tuple[LeftoverMount, ...] = ()  # seen, not reaped (doctor)
 
     def mount_error(self, store_id: int) -> str:
         survey = self.surveys.get(store_id)

@@ -33,8 +33,12 @@ ProbeFor = Callable[[Store], Iterable[Template]]
 class Observer(contextlib.ExitStack):
     """What the database and the stores hold; closing it unmounts every store."""
 
-    def __init__(self, catalog: Catalog, mounts: MountSettings, jobs: int = 1):
+    def __init__(self, catalog: Catalog, mounts: MountSettings, jobs: int = 1,
+                 reap: bool = True):
         super().__init__()
+        # Whether the mountpoints dead runs left are reaped before mounting (doctor, which
+        # changes nothing, only reports them).
+        self.reap = reap
         self.catalog = catalog
         self.mount_settings = mounts
         self.jobs = max(1, jobs)  # stores mounted at once: mount.nfs waits on the network
@@ -84,7 +88,12 @@ class Observer(contextlib.ExitStack):
         everything (every template directory, each SYSTEM template's copy, our stages:
         doctor)."""
         if not self.reaped:
-            stores.reap_leftovers(self.mount_settings.mountpoint_parent)
+            runtime = self.mount_settings.mountpoint_parent
+            if self.reap:
+                stores.reap_leftovers(runtime)
+            else:
+                snapshot = dataclasses.replace(
+                    snapshot, leftover_mounts=tuple(stores.leftovers(runtime)))
             self.reaped = True
         by_id = {t.id: t for t in snapshot.templates}
         unique = list({store.id: store for store in targets}.values())
@@ -169,4 +178,5 @@ def _full_survey(root: str, store_id: int, templates: dict[int, Template]) -> St
                        for name, mtime in stores.stages_on(root))
     except OSError as exc:
         return StoreSurvey(store_id, error=f"cannot read the store: {exc}")
-    return StoreSurvey(store_id, "", tuple(ids), copies, stages)
+    runs = stores.stage_runs([name for name, _ in stages])
+    return StoreSurvey(store_id, "", tuple(ids), copies, stages, runs)
