@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,9 +112,9 @@ def test_ctrl_c_while_mounting_says_interrupted_once_and_leaves_nothing(world, s
         world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")
     script, pids = hanging_mount(tmp_path)
     # As a shell starts a job: a process group of its own, which Ctrl-C signals whole.
-    process = subprocess.Popen(world.command(mount_command=script), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env=dict(world.env, PIDS=str(pids)))
+    process = subprocess.Popen(world.command("--json", mount_command=script),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=dict(world.env, PIDS=str(pids)))
     deadline = time.monotonic() + 30
     while len(list(pids.iterdir())) < 3:
         assert process.poll() is None, process.communicate()
@@ -125,6 +126,8 @@ def test_ctrl_c_while_mounting_says_interrupted_once_and_leaves_nothing(world, s
 
     assert process.returncode == 130, err
     assert err.count("interrupted") == 1, err
+    assert json.loads(out) == {"error": "interrupted; partial work was undone.",
+                               "exit_code": 130, "hint": None}
     assert "Cannot mount" not in err and "exit code" not in err, err
     assert still_running(mount_pids(pids)) == []
     assert world.leftover_mountpoints() == []
