@@ -25,9 +25,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import checksum, copies, images, layout, progress, properties, sources, stores
+from . import checksum, copies, images, layout, progress, properties, signals, sources, stores
 from .catalog import Catalog, NewTemplate, now
-from .errors import SeedError, StoreError
+from .errors import ChecksumMismatch, ImageFormatError, SeedError, StoreError
 from .model import (
     ADOPT,
     FAIL,
@@ -259,12 +259,27 @@ def _seed_group(group: list[_WorkRun], context: Context, pool: copies.WriterPool
         finally:
             shown.close()
     except (SeedError, OSError) as exc:
-        LOG.error("%s: %s", spec.label, exc)
         for work_run in group:
-            work_run.fail_seeding(str(exc))
+            cause = _cause(work_run, hashers[work_run.checksum_text], path, exc)
+            LOG.warning("%s: %s", work_run.work.spec.label, cause)  # ERROR with the report
+            work_run.fail_seeding(cause)
         return
     for work_run in group:
         _verify(work_run, hashers[work_run.checksum_text], path, info)
+
+
+def _cause(work_run: _WorkRun, hasher, path: str, exc: Exception) -> str:
+    """Why a pass failed, in words: a file that fails to decode and does not match its
+    checksum is a damaged file, and the mismatch is what says so for certain. (The reader
+    hashed the whole file before it raised ImageFormatError.)"""
+    expected = work_run.work.spec.checksum
+    if isinstance(exc, ImageFormatError) and expected is not None:
+        actual = hasher.hexdigest()
+        if actual != expected.hexdigest:
+            decoding = exc.message.removeprefix(f"{path}: ")
+            return str(ChecksumMismatch(path, expected.algorithm, expected.hexdigest, actual,
+                                        also=decoding))
+    return str(exc)
 
 
 def _local_file(source: sources.Source, spec, context: Context) -> str:
@@ -282,7 +297,9 @@ def _open_writers(work_run: _WorkRun, context: Context, needed: int, memory_chun
                   pool: copies.WriterPool) -> None:
     """A writer per target store; each checks its store (probe file, room) first."""
     for step in work_run.work.seed_steps:
-        with copies.signals_deferred():  # started and listed as one, so it is undone too
+        # A writer's thread makes its stage at once: a signal between the start and the
+        # append would leave a stage nobody removes, and a file open on the mount.
+        with signals.deferred():
             work_run.writers.append(copies.CopyWriter(
                 step, context.roots[step.store.id], work_run.filename, needed,
                 context.stall_timeout, context.downloads.cache_dir, memory_chunks, pool=pool))
@@ -447,7 +464,7 @@ class _RowChanges:
         try:
             detail = self._make(change)
         except (SeedError, OSError, ValueError) as exc:
-            LOG.error("%s failed: %s", step.reason, exc)
+            LOG.warning("%s failed: %s", step.reason, exc)  # ERROR with the report
             outcome = Outcome(step, FAILED, step.template_id, str(exc))
         else:
             self.made.add(change)

@@ -752,8 +752,9 @@ class NamedLock:
             "WHERE id = %s", (row["id"],))
         if not process:
             return f"connection {row['id']}"
+        doing = _DOING.get(process["command"], str(process["command"]).lower())
         return (f"connection {row['id']} from {process['host']} (user {process['user']}, "
-                f"{process['command']} for {process['time']}s)")
+                f"{doing} for {process['time']}s)")
 
     def close(self) -> None:
         try:
@@ -768,6 +769,11 @@ class NamedLock:
                 return cursor.fetchone()
         except pymysql.MySQLError as exc:
             raise CatalogError(f"Lock query failed: {_reason(exc)}.") from exc
+
+
+# PROCESSLIST.COMMAND, as a person would say it ("Sleep for 2s" is an idle connection).
+_DOING = {"Sleep": "idle", "Query": "running a query", "Execute": "running a statement",
+          "Connect": "connecting", "Killed": "being killed"}
 
 
 def _open(config: DbConfig):

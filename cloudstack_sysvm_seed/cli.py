@@ -7,11 +7,12 @@ import argparse
 import difflib
 import logging
 import os
-import signal
+import pwd
 import sys
+import textwrap
 from typing import Mapping, Optional, Sequence
 
-from . import __version__, errors, settings
+from . import __version__, errors, report, settings, signals
 from .commands import EXIT_MEANINGS, PROG, Command
 from .commands.check import CHECK
 from .commands.doctor import DOCTOR
@@ -29,19 +30,17 @@ COMMANDS: dict[str, Command] = {
     for command in (SEED, ON_STORE_ADDED, WATCH, CHECK, INSTALL, DOCTOR, REPAIR, PRUNE_COMMAND)}
 DEFAULT_COMMAND = SEED.name
 
-DESCRIPTION = """\
-Register Apache CloudStack SystemVM templates in the cloud database and seed them onto every
-NFS secondary store of every zone: what the management server does at upgrade time, as a
-re-runnable tool that shows every change before making it and fails one store at a time.
-Without a command, `seed` runs."""
+DESCRIPTION = (
+    "Register Apache CloudStack SystemVM templates in the cloud database and seed them onto "
+    "every NFS secondary store of every zone: what the management server does at upgrade "
+    "time, as a re-runnable tool that shows every change before making it and fails one "
+    "store at a time. Without a command, `seed` runs.")
 
-EPILOG = f"""\
-The mount command is run as: CMD [-o OPTIONS] HOST:/PATH MOUNTPOINT
-`{PROG} COMMAND --help` shows a command's options, and what its exit codes
-mean for it.
-
-exit codes:
-""" + "\n".join(f"  {code:<3}  {meaning}" for code, meaning in sorted(EXIT_MEANINGS.items()))
+EPILOG = (
+    "The mount command is run as: CMD [-o OPTIONS] HOST:/PATH MOUNTPOINT\n"
+    f"`{PROG} COMMAND --help` shows a command's options, and what its exit codes mean for "
+    "it.\n\nexit codes:\n"
+    + "\n".join(f"  {code:<3}  {meaning}" for code, meaning in sorted(EXIT_MEANINGS.items())))
 
 # Global options that take a value: their values are never taken for the command's name.
 _GLOBAL_VALUES = ("--db-properties", "--key-file", "--templates-dir", "--mount-command",
@@ -73,11 +72,37 @@ def _add_global_options(parser: argparse.ArgumentParser, default) -> None:
                        help="log commands and show tracebacks")
 
 
+class UsageError(Exception):
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Each line of a description or an epilog wrapped to the terminal on its own, so that
+    prose flows while the lines of the exit codes table stay as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            hanging = indent + " " * (len(line) - len(line.lstrip()) + 5 * line.startswith("  "))
+            lines += textwrap.wrap(line, width, initial_indent=indent,
+                                   subsequent_indent=hanging, break_on_hyphens=False) or [""]
+        return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors main reports (as JSON too, with --json)."""
+
+    def error(self, message: str):
+        raise UsageError(message, self.format_usage())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: global options, and a subparser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Formatter)
     _add_global_options(parser, None)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
@@ -85,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             command.name, help=command.summary, description=command.description,
             epilog=command.epilog(), allow_abbrev=False, conflict_handler="resolve",
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            formatter_class=_Formatter)
         # Global options may also follow the command; SUPPRESS keeps values given before it.
         _add_global_options(sub, argparse.SUPPRESS)
         command.add_arguments(sub)
@@ -124,31 +149,65 @@ def _command_position(argv: list[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None,
          environ: Optional[Mapping[str, str]] = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Run one command; every error is logged at ERROR (so stderr and --log-file have the
+    same words) and, with --json, is also a JSON object on stdout."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(exc.usage)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if "--json" in argv:
+            print(report.fatal_json(str(exc), errors.EXIT_USAGE, f"See {PROG} --help."))
+        raise SystemExit(errors.EXIT_USAGE) from None
     config = settings.from_args(args, os.environ if environ is None else environ)
     _setup_logging(config.log_file, bool(args.debug))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore_signals = signals.install()
     try:
-        return COMMANDS[args.command].run(args, config)
+        command = COMMANDS[args.command]
+        if command.mounts:
+            _need_root(command.name)
+        return command.run(args, config)
     except errors.SeedError as exc:
         LOG.debug("Failure", exc_info=True)
-        _print_error(exc.message, exc.hint)
-        return exc.exit_code
+        return _failed(config, exc.message, exc.exit_code, exc.hint)
     except errors.Interrupted:
-        _print_error("terminated; partial work was undone.")
-        return errors.EXIT_TERMINATED
+        return _failed(config, "terminated; partial work was undone.", errors.EXIT_TERMINATED)
     except KeyboardInterrupt:
-        _print_error("interrupted; partial work was undone.")
-        return errors.EXIT_INTERRUPTED
-    except Exception:  # a bug: say so, with the traceback
+        return _failed(config, "interrupted; partial work was undone.",
+                       errors.EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: say so, with the traceback
         LOG.exception("internal error (bug)")
+        if config.json:
+            print(report.fatal_json(f"internal error (bug): {exc}", errors.EXIT_BUG,
+                                    "Please report it, with the output of --debug."))
         return errors.EXIT_BUG
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore_signals()
 
 
-def _on_sigterm(signum, frame):
-    raise errors.Interrupted()
+def _failed(config: settings.Settings, message: str, code: int,
+            hint: Optional[str] = None) -> int:
+    LOG.error("%s", f"{message}\n{hint}" if hint else message)
+    if config.json:
+        print(report.fatal_json(message, code, hint))
+    return code
+
+
+def _need_root(command: str) -> None:
+    """:raises NotRoot: before anything is read or mounted, when not root. Each store
+    would otherwise fail on its own, with mount's "must be superuser"."""
+    uid = os.geteuid()
+    if uid == 0:
+        return
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = "no name"
+    raise errors.NotRoot(
+        f"`{command}` mounts the NFS secondary stores, which needs root; this is uid {uid} "
+        f"({user}). Nothing was mounted or changed.",
+        f"Run it as root, e.g. sudo {PROG} {command} ...")
 
 
 def _setup_logging(log_file: Optional[str], debug: bool) -> None:
@@ -157,7 +216,7 @@ def _setup_logging(log_file: Optional[str], debug: bool) -> None:
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    stderr.setFormatter(EveryLine(f"{PROG}: %(levelname)s: %(message)s"))
     root.addHandler(stderr)
     if log_file:
         try:
@@ -165,12 +224,22 @@ def _setup_logging(log_file: Optional[str], debug: bool) -> None:
         except OSError as exc:
             LOG.warning("Cannot write the log file %s: %s", log_file, exc)
             return
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(EveryLine(
             "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
 
 
-def _print_error(message: str, hint: Optional[str] = None) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"{PROG}: {hint}", file=sys.stderr)
+class EveryLine(logging.Formatter):
+    """Each line of a message gets the prefix: a multi-line error (metadata.ini's problems,
+    a checksum's expected and actual) stays one record, and `grep ERROR` finds every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if "\n" not in message:
+            return super().format(record)
+        lines = [super(EveryLine, self).format(logging.makeLogRecord(
+            {**record.__dict__, "msg": line, "args": None, "exc_info": None,
+             "exc_text": None, "stack_info": None})) for line in message.split("\n")]
+        if record.exc_info:
+            lines.append(self.formatException(record.exc_info))
+        return "\n".join(lines)

@@ -13,11 +13,9 @@ good) is declared stalled after `stall_timeout` and abandoned, so the run can go
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import logging
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -35,33 +33,6 @@ PASS_MEMORY_CHUNKS = 32  # about the most the backlogs of one pass hold in memor
 SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
 START_GRACE = 5.0  # how long the pass waits for every store to be checked before it begins
 _DATA = ("image", "member")  # operations that carry image bytes
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM that arrive inside the block take effect when it ends (in the main
-    thread; elsewhere signals never interrupt). Starting a writer is such a block: the
-    interrupt would otherwise land in Thread.start(), which waits for the new thread, and
-    leave a thread writing a stage that nobody knows of, so nothing removes it and the store
-    cannot be unmounted."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    names = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
-                for signum in names}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if caught:
-            handler = previous[caught[0]]
-            if callable(handler):
-                handler(caught[0], None)  # raises KeyboardInterrupt or errors.Interrupted
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(caught[0])
 
 
 class CopyWriter:
@@ -164,7 +135,7 @@ class CopyWriter:
         self.error = (f"timeout: no progress writing to store {store.id} ({store.url}) in zone "
                       f"{zone.name if zone else '-'} for {self.stall_timeout:g}s; the NFS "
                       "server may be down or overloaded. Other stores go on.")
-        LOG.error("%s", self.error)
+        LOG.warning("%s", self.error)  # at ERROR in the report's list, at the end
         self.backlog.drop()
 
     # --- the writing thread -----------------------------------------------------------------

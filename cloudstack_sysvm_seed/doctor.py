@@ -52,6 +52,9 @@ SYSTEM_VMS_ON_OLD_TEMPLATE = "system-vms-on-old-template"
 OLDER_TEMPLATE_IN_USE = "older-template-in-use"
 RETIRED_DIRECTORY_LEFT = "retired-directory-left"
 STORE_UNREACHABLE = "store-unreachable"
+STALE_MOUNT = "stale-mount"
+PROG = "cloudstack-sysvm-seed"
+SEED, REPAIR = f"{PROG} seed", f"{PROG} repair"
 _RECREATE = {
     "SecondaryStorageVm": "destroy it; CloudStack recreates it from the new template",
     "ConsoleProxy": "destroy it; CloudStack recreates it from the new template",
@@ -76,6 +79,7 @@ class Finding:
     stores: tuple[int, ...] = ()
     hypervisor: str = ""
     arch: str = ""
+    command: str = ""  # the command that fixes it (the fix names it too); "" for by hand
 
     def record(self) -> dict:
         return {
@@ -115,23 +119,26 @@ class RepairPlan:
         return [d for d in self.decisions if d.left]
 
 
-def diagnose(snapshot: Snapshot) -> list[Finding]:
-    return decide(snapshot).findings
+def diagnose(snapshot: Snapshot, seedable: frozenset[int] = frozenset()) -> list[Finding]:
+    return decide(snapshot, seedable=seedable).findings
 
 
-def decide(snapshot: Snapshot, bundled: frozenset[int] = frozenset()) -> RepairPlan:
+def decide(snapshot: Snapshot, bundled: frozenset[int] = frozenset(),
+           seedable: frozenset[int] = frozenset()) -> RepairPlan:
     """Findings, each with repair's actions or the reason it is left.
 
     bundled: ids of templates whose image metadata.ini bundles (a copy source besides stores).
+    seedable: ids of the templates metadata.ini describes (same name, hypervisor, arch):
+    for those, `seed` is the command that fixes copies, rows and settings.
     """
-    model = _Model(snapshot, bundled)
+    model = _Model(snapshot, bundled, seedable)
     decisions: list[Decision] = []
     # Copies are planned first: whether duplicates can be retired, settings changed and
     # system VMs moved depends on where the current templates will be Ready.
     for step in (_refs, _coverage, _template_sizes, _router_settings, _system_vms,
                  _rollbacks, _leftovers):
         decisions.extend(step(model))
-    decisions = [*_unreachable(model), *_duplicates(model), *decisions]
+    decisions = [*_unreachable(model), *_duplicates(model), *decisions, *_stale_mounts(model)]
     needed = {need for d in decisions for a in d.actions for need in getattr(a, "needs", ())}
     ready = frozenset(need for need in needed
                       if model.ready_now(model.templates[need[0]], need[1]))
@@ -155,9 +162,11 @@ class _Group:
 
 
 class _Model:
-    def __init__(self, snapshot: Snapshot, bundled: frozenset[int]):
+    def __init__(self, snapshot: Snapshot, bundled: frozenset[int],
+                 seedable: frozenset[int] = frozenset()):
         s = self.s = snapshot
         self.bundled = bundled
+        self.seedable = seedable
         self.templates = {t.id: t for t in s.templates}
         self.stores = {st.id: st for st in s.stores}
         self.refs: dict[tuple[int, int], list[StoreRef]] = {}
@@ -171,6 +180,11 @@ class _Model:
         # Copies the actions write, filled while deciding; (template, zone) that will be Ready.
         self.copies: dict[tuple[int, int], CopyTemplate] = {}
         self.fixed: set[tuple[int, int]] = set()  # (template, store) recorded by a FixRef
+
+    def fixer(self, template: Optional[Template]) -> str:
+        """The command that fixes what concerns a template: seed, where metadata.ini
+        describes it (seeding writes its copies, rows and settings), else repair."""
+        return SEED if template is not None and template.id in self.seedable else REPAIR
 
     # zones, stores, hypervisors
 
@@ -344,6 +358,19 @@ def _fix_ref(model: _Model, template: Template, store_id: int, ref: Optional[Sto
                   copy.physical_size, url=template.url)
 
 
+def _said(value: Optional[str]) -> str:
+    """A column's value for a sentence: a NULL is "not set", never "None"."""
+    return value if value else "not set"
+
+
+def _amount(what: str, value: Optional[int]) -> str:
+    return f"no {what} (NULL)" if value is None else f"{what} {value}"
+
+
+def _does(command: str) -> str:
+    return f"`{command}` does"
+
+
 def _hv(template: Template) -> dict:
     pair = _Model.pair_of(template)
     return {"hypervisor": pair[0], "arch": pair[1]} if pair else {}
@@ -361,7 +388,8 @@ def _unreachable(model: _Model) -> list[Decision]:
                 STORE_UNREACHABLE,
                 f"Store {store_id} ({store.url if store else '?'}) could not be checked: "
                 f"{survey.error}",
-                "Make the store mountable from this host, then run doctor again.",
+                "Make the store mountable from this host (the error says what failed), then "
+                "run doctor again.",
                 rows=(("image_store", store_id),), stores=(store_id,),
                 zones=(store.zone_id,) if store and store.zone_id else ())
             decisions.append(Decision(finding, left="the store cannot be mounted"))
@@ -393,7 +421,8 @@ def _duplicates(model: _Model) -> list[Decision]:
             f"deactivate {duplicates} (state Inactive, removed set; their files are kept). "
             "`repair` does all of this in one run.",
             rows=tuple(("vm_template", t.id) for t in group.members), zones=tuple(zones),
-            stores=tuple(stores_), hypervisor=group.hypervisor, arch=group.arch)
+            stores=tuple(stores_), hypervisor=group.hypervisor, arch=group.arch,
+            command=REPAIR)
         actions: list[Action] = []
         if not survivor.cross_zones or not survivor.active:
             actions.append(SetTemplate(survivor.id, state=None if survivor.active else "Active",
@@ -433,7 +462,8 @@ def _refs(model: _Model) -> list[Decision]:
                 f"{store_id}: {', '.join(str(r.id) for r in refs)}.",
                 f"Keep {primary.id} and mark {', '.join(str(r.id) for r in others)} "
                 "destroyed=1 (`repair` does; the files stay).",
-                rows=tuple(("template_store_ref", r.id) for r in refs), **where),
+                rows=tuple(("template_store_ref", r.id) for r in refs), command=REPAIR,
+                **where),
                 tuple(DropRef(r.id, template_id, store_id) for r in others)))
         decisions.extend(_ref_state(model, template, primary, where))
     return decisions
@@ -441,18 +471,19 @@ def _refs(model: _Model) -> list[Decision]:
 
 def _ref_state(model: _Model, template: Template, ref: StoreRef, where: dict) -> list[Decision]:
     store_id = ref.store_id
+    fix = model.fixer(template)
     copy = model.copy(template, store_id)
     rows = (("template_store_ref", ref.id),)
     if not ref.ready:
         finding = Finding(
             STORE_REF_NOT_READY,
             f"template_store_ref {ref.id} (template {template.label}, store {store_id}) is "
-            f"{ref.state}/{ref.download_state} ({ref.download_pct or 0}%)"
+            f"{_said(ref.state)}/{_said(ref.download_state)} ({ref.download_pct or 0}%)"
             + (f", last updated {ref.last_updated:%Y-%m-%d %H:%M:%S}" if ref.last_updated
                else "") + (f": {ref.error_str}" if ref.error_str else "") + ".",
             "If the files on the store are complete, record them (state Ready, DOWNLOADED, "
-            "sizes from template.properties); otherwise copy the template again. `repair` "
-            "does either.", rows=rows, **where)
+            f"sizes from template.properties); otherwise copy the template again. {_does(fix)} "
+            "either.", rows=rows, command=fix, **where)
         return [_restore_copy(model, finding, template, ref, copy)]
     if copy is None:
         return []  # a store doctor could not look into; reported as unreachable
@@ -461,9 +492,10 @@ def _ref_state(model: _Model, template: Template, ref: StoreRef, where: dict) ->
         finding = Finding(
             SIZE_ZERO,
             f"template_store_ref {ref.id} (template {template.label}, store {store_id}) "
-            f"records size {ref.size} and physical size {ref.physical_size}.",
-            "Take the sizes from template.properties on the store (`repair` does).",
-            rows=rows, **where)
+            f"records {_amount('size', ref.size)} and "
+            f"{_amount('physical size', ref.physical_size)}.",
+            f"Take the sizes from template.properties on the store ({_does(fix)}).",
+            rows=rows, command=fix, **where)
         decisions.append(_restore_copy(model, finding, template, ref, copy))
     problem = _disagreement(ref, template, copy)
     if problem:
@@ -472,7 +504,7 @@ def _ref_state(model: _Model, template: Template, ref: StoreRef, where: dict) ->
             f"template_store_ref {ref.id} (template {template.label}, store {store_id}): "
             f"{problem}.",
             "Make the row match a complete copy on the store, or copy the template again "
-            "(`repair` does either).", rows=rows, **where)
+            f"({_does(fix)} either).", rows=rows, command=fix, **where)
         decisions.append(_restore_copy(model, finding, template, ref, copy))
     return decisions
 
@@ -485,7 +517,8 @@ def _disagreement(ref: StoreRef, template: Template, copy: StoreCopy) -> str:
         return f"the copy in {directory} is incomplete ({copy.reason})"
     expected = layout.install_path(template.id, copy.filename)
     if not same_install_path(ref.install_path, expected):
-        return (f"install_path is {ref.install_path!r}, but template.properties names "
+        recorded = repr(ref.install_path) if ref.install_path else "not set"
+        return (f"install_path is {recorded}, but template.properties names "
                 f"{expected!r}")
     if not ref.size or not ref.physical_size:
         return ""  # reported as size-zero
@@ -532,7 +565,7 @@ def _coverage(model: _Model) -> list[Decision]:
                     f"Zone {zone.name} uses {pair[0]} {pair[1]}, but no Active SYSTEM template "
                     "exists for it.",
                     "Run `cloudstack-sysvm-seed seed` to register and seed the packaged "
-                    "template.", stores=tuple(s.id for s in targets), **where)
+                    "template.", stores=tuple(s.id for s in targets), command=SEED, **where)
                 decisions.append(Decision(finding, left="registering templates is seed's job"))
                 continue
             for store in targets:
@@ -544,8 +577,9 @@ def _coverage(model: _Model) -> list[Decision]:
                     MISSING_ZONE_REF,
                     f"Template {template.label}, current for {pair[0]} {pair[1]}, has no "
                     f"template_zone_ref row for zone {zone.name} ({zone.id}).",
-                    "Insert the template_zone_ref row (`repair` does).",
-                    rows=(("vm_template", template.id),), **where),
+                    f"Insert the template_zone_ref row ({_does(model.fixer(template))}).",
+                    rows=(("vm_template", template.id),), command=model.fixer(template),
+                    **where),
                     (AddZoneRef(template.id, zone.id),)))
     return decisions
 
@@ -563,8 +597,9 @@ def _store_coverage(model: _Model, template: Template, zone: Zone, store: Store,
         + ("; a complete copy is on the store." if present else ", and no complete copy."),
         ("Record the copy on the store" if present else
          "Copy the template onto the store from a store that has it, or from the bundled "
-         "file") + " (`repair` does).",
-        rows=(("vm_template", template.id),), stores=(store.id,), **where)
+         "file") + f" ({_does(model.fixer(template))}).",
+        rows=(("vm_template", template.id),), stores=(store.id,),
+        command=model.fixer(template), **where)
     if present:
         return Decision(finding, (_fix_ref(model, template, store.id, None, copy),))
     action = model.copies.get((template.id, store.id)) or model.plan_copy(
@@ -584,9 +619,11 @@ def _template_sizes(model: _Model) -> list[Decision]:
         if template not in current and not model.ready_stores(template):
             continue  # unused (a never-seeded legacy row): CloudStack never reads its size
         finding = Finding(
-            SIZE_ZERO, f"vm_template {template.label} has size {template.size}.",
-            "Set vm_template.size to the virtual size of a Ready copy (`repair` does).",
-            rows=(("vm_template", template.id),), **_hv(template))
+            SIZE_ZERO, f"vm_template {template.label} has {_amount('size', template.size)}.",
+            "Set vm_template.size to the virtual size of a Ready copy "
+            f"({_does(model.fixer(template))}).",
+            rows=(("vm_template", template.id),), command=model.fixer(template),
+            **_hv(template))
         sizes = [ref.size for (t, _), ref in sorted(model.primary.items())
                  if t == template.id and ref.ready and ref.size]
         sizes += [model.copy(template, s).virtual_size for s in sorted(model.stores)
@@ -616,16 +653,19 @@ def _router_settings(model: _Model) -> list[Decision]:
             continue
         problems = []
         if value != template.name:
-            problems.append(f"{name} is {value!r}")
-        problems += [f"zone {o.zone_id} overrides it with {o.value!r}" for o in overrides]
+            problems.append(f"{name} is {value!r}" if value is not None else f"{name} is not set")
+        problems += [f"zone {o.zone_id} overrides it with "
+                     + (repr(o.value) if o.value is not None else "an empty value (NULL)")
+                     for o in overrides]
         finding = Finding(
             ROUTER_TEMPLATE_MISMATCH,
             f"{'; '.join(problems)}; the newest Active SYSTEM template for {key} is "
             f"{template.label}.",
-            f"Set {name} to {template.name!r} and delete the zone overrides (`repair` does).",
+            f"Set {name} to {template.name!r} and delete the zone overrides "
+            f"({_does(model.fixer(template))}).",
             rows=(("configuration", name), *(("data_center_details", o.id) for o in overrides)),
             zones=tuple(sorted({o.zone_id for o in overrides})), hypervisor=key,
-            arch=template.arch)
+            arch=template.arch, command=model.fixer(template))
         if not any(model.feasible(template, z) for z in model.zones_using(
                 (key, template.arch))):
             decisions.append(Decision(finding, left=f"template {template.label} has no Ready "
@@ -652,16 +692,18 @@ def _system_vms(model: _Model) -> list[Decision]:
     decisions = []
     for (pair, zone_id), vms in sorted(by_zone.items()):
         template = model.current[pair]
-        named = ", ".join(f"{vm.name} ({vm.type}, template {vm.template_id})" for vm in vms)
+        named = ", ".join(f"{vm.name} ({vm.type}, "
+                          + (f"template {vm.template_id})" if vm.template_id else "no template)")
+                          for vm in vms)
         steps = "; ".join(f"{vm.name}: {_RECREATE.get(vm.type, 'recreate it')}" for vm in vms)
         finding = Finding(
             SYSTEM_VMS_ON_OLD_TEMPLATE,
             f"System VMs in zone {zone_id} are not on template {template.label}, current for "
             f"{pair[0]} {pair[1]}: {named}.",
-            f"Point them at template {template.id} (`repair` does; it never destroys "
-            f"anything), then recreate them: {steps}.",
+            f"Point them at template {template.id} ({_does(model.fixer(template))}; it "
+            f"never destroys anything), then recreate them: {steps}.",
             rows=tuple(("vm_instance", vm.id) for vm in vms), zones=(zone_id,),
-            hypervisor=pair[0], arch=pair[1])
+            hypervisor=pair[0], arch=pair[1], command=model.fixer(template))
         if not model.feasible(template, zone_id):
             decisions.append(Decision(finding, left=f"template {template.id} has no Ready "
                                                     f"copy in zone {zone_id}, and none can "
@@ -697,7 +739,7 @@ def _rollbacks(model: _Model) -> list[Decision]:
             "If that was not on purpose, run `cloudstack-sysvm-seed seed` with the newer "
             "templates directory (upgrade cloudstack-management); repair leaves it.",
             rows=(("vm_template", current.id), ("vm_template", best.id)),
-            hypervisor=pair[0], arch=pair[1])
+            hypervisor=pair[0], arch=pair[1], command=SEED)
         decisions.append(Decision(finding, left="a rollback may be on purpose; seed with the "
                                                 "newer templates moves forward"))
     return decisions
@@ -750,13 +792,56 @@ def _leftovers(model: _Model) -> list[Decision]:
                 "Check what it is; once nothing needs it, move it off the store by hand.",
                 rows=(("vm_template", template_id),) if template else (), **where),
                 left="repair neither deletes nor adopts data no row accounts for"))
-        stale = [(name, age) for name, age in survey.stages if age >= model.s.stale_after]
+        stale = _stale_stages(model, survey)
         if stale:
             decisions.append(Decision(Finding(
                 STALE_STAGING,
                 f"Store {store_id} has {len(stale)} abandoned stage(s) in "
-                f"{layout.WORK_DIR}/stage/: {', '.join(name for name, _ in stale)} (the "
-                "partial copies of an interrupted run).",
-                "Delete them (`repair` does, holding the lock, so no run is writing there).",
-                **where), tuple(RemoveStage(store_id, name) for name, _ in stale)))
+                f"{layout.WORK_DIR}/stage/: {'; '.join(stale.values())}.",
+                f"Delete them ({_does(REPAIR)}, holding the lock, so no run is writing "
+                "there).", command=REPAIR, **where),
+                tuple(RemoveStage(store_id, name) for name in stale)))
+    return decisions
+
+
+def _stale_stages(model: _Model, survey: StoreSurvey) -> dict[str, str]:
+    """The stages no run is writing, each with why we know: its run, on this host, is gone
+    (at once), or nothing in it changed for stale_after (another host's, an old name's).
+    A live run's fresh stage is in progress (see in_progress)."""
+    stale = {}
+    for name, age in survey.stages:
+        owner = layout.stage_owner(name)
+        if survey.stage_runs.get(name) is False:
+            stale[name] = f"{name} (run {owner[1]} on this host is no longer running)"
+        elif age >= model.s.stale_after:
+            stale[name] = f"{name} (untouched for {age / 60:.0f} minutes)"
+    return stale
+
+
+def in_progress(snapshot: Snapshot) -> list[str]:
+    """The stages a live run on this host is writing: left alone, and said so."""
+    found = []
+    for store_id, survey in sorted(snapshot.surveys.items()):
+        for name, age in survey.stages:
+            if survey.stage_runs.get(name) and age < snapshot.stale_after:
+                pid = layout.stage_owner(name)[1]
+                found.append(f"Store {store_id}: stage {name} is being written by run {pid} "
+                             "on this host; left alone.")
+    return found
+
+
+def _stale_mounts(model: _Model) -> list[Decision]:
+    decisions = []
+    for leftover in model.s.leftover_mounts:
+        what = (f"{leftover.source} is still mounted there" if leftover.source
+                else "nothing is mounted there any more")
+        finding = Finding(
+            STALE_MOUNT,
+            f"{leftover.path} was left by run {leftover.pid}, which is no longer running: "
+            f"{what}.",
+            f"Any run of `{SEED}` (or `repair`) detaches and removes it first; by hand: "
+            + (f"umount -l {leftover.path}; " if leftover.source else "")
+            + f"rmdir {leftover.path}.", command=SEED)
+        decisions.append(Decision(finding, left="removed by the next seed or repair run, as it "
+                                                "starts"))
     return decisions

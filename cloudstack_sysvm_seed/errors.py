@@ -36,6 +36,10 @@ class SettingsError(SeedError):
     exit_code = EXIT_USAGE
 
 
+class NotRoot(SettingsError):
+    """The command mounts stores, which needs root."""
+
+
 class MetadataError(SeedError):
     """metadata.ini is unreadable or malformed; lists every problem found."""
 
@@ -87,10 +91,14 @@ class SourceError(SeedError):
 
 
 class ChecksumMismatch(SourceError):
-    def __init__(self, path: str, algorithm: str, expected: str, actual: str):
+    """also: what else went wrong with the file (decoding it failed), said after."""
+
+    def __init__(self, path: str, algorithm: str, expected: str, actual: str,
+                 also: str = ""):
         super().__init__(
             f"Checksum mismatch for {path} ({algorithm}):\n"
-            f"  expected {expected}\n  actual   {actual}",
+            f"  expected {expected}\n  actual   {actual}"
+            + (f"\n  (and decoding it failed: {also})" if also else ""),
             "The file is corrupt or was modified; reinstall cloudstack-management "
             "(or fetch the file again). Do not bypass the check.",
         )
@@ -103,10 +111,12 @@ class ImageFormatError(SourceError):
 class CommandFailed(SeedError):
     """An external command exited non-zero or timed out."""
 
-    def __init__(self, argv: list[str], detail: str, hint: Optional[str] = None):
+    def __init__(self, argv: list[str], detail: str, hint: Optional[str] = None,
+                 signal: Optional[int] = None):
         super().__init__(f"Command {' '.join(argv)!s} failed: {detail}", hint)
         self.argv = argv
         self.detail = detail
+        self.signal = signal  # the signal that killed it, if one did
 
 
 class Interrupted(KeyboardInterrupt):

@@ -13,6 +13,7 @@ import bz2
 import logging
 import os
 import shutil
+import signal
 import struct
 import tarfile
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from . import runner
-from .errors import CommandFailed, ImageFormatError
+from .errors import CommandFailed, ImageFormatError, SourceError
 from .progress import Progress
 from .settings import DEFAULT_MAX_IMAGE_SIZE
 
@@ -73,7 +74,10 @@ def read(path: str, image_format: str, hashers: list, sinks: list[Sink],
     `progress` hears of every source byte read.
 
     :raises ImageFormatError: naming the file and the problem (bad compression, truncated
-        stream, wrong format, unsafe archive member, image too large).
+        stream, wrong format, unsafe archive member, image too large). The whole file is
+        hashed by then all the same, so that the caller can tell a damaged file (its
+        checksum does not match) from a bad image.
+    :raises SourceError: when the decompressor was killed (the OOM killer, say).
     """
     with open(path, "rb") as stream:
         first = stream.read(chunk_size)
@@ -83,15 +87,19 @@ def read(path: str, image_format: str, hashers: list, sinks: list[Sink],
                                    "Use a bzip2, gzip or zip file, or an uncompressed image.")
         inspector = _Inspector(path, image_format, sinks, max_size)
         source = _Source(stream, first, hashers, progress, chunk_size)
-        tool = _parallel_bzip2() if compression == "bzip2" else None
-        if tool and os.fstat(stream.fileno()).st_size >= PARALLEL_BZIP2_MIN:
-            _through_tool(tool, source, inspector, path, chunk_size)
-        else:
-            decoder = _decoder(compression, path)
-            for chunk in source:
-                inspector.feed(decoder.feed(chunk))
-            decoder.finish()
-    return inspector.finish(compression)
+        try:
+            tool = _parallel_bzip2() if compression == "bzip2" else None
+            if tool and os.fstat(stream.fileno()).st_size >= PARALLEL_BZIP2_MIN:
+                _through_tool(tool, source, inspector, path, chunk_size)
+            else:
+                decoder = _decoder(compression, path)
+                for chunk in source:
+                    inspector.feed(decoder.feed(chunk))
+                decoder.finish()
+            return inspector.finish(compression)
+        except ImageFormatError:
+            source.drain()
+            raise
 
 
 def _parallel_bzip2() -> Optional[str]:
@@ -122,6 +130,15 @@ class _Source:
                 self.progress.advance(len(chunk))
             yield chunk
             chunk = self.stream.read(self.chunk_size)
+
+    def drain(self) -> None:
+        """Hash the rest of the file, which nobody decodes any more. Only once the reading
+        thread is done: each chunk it read was hashed before it was handed on."""
+        for chunk in iter(lambda: self.stream.read(self.chunk_size), b""):
+            for hasher in self.hashers:
+                hasher.update(chunk)
+            if self.progress:
+                self.progress.advance(len(chunk))
 
 
 def _through_tool(tool: str, source: _Source, inspector: _Inspector, path: str,
@@ -155,6 +172,8 @@ def _through_tool(tool: str, source: _Source, inspector: _Inspector, path: str,
             raise failures[0]
         process.finish()
     except CommandFailed as exc:
+        if exc.signal is not None:  # the decoder was killed: nothing says the file is bad
+            raise _killed(tool, path, exc) from exc
         raise ImageFormatError(f"{path}: corrupt or truncated bzip2 data ({exc.detail}).",
                                "The file is damaged or incomplete; reinstall or fetch it "
                                "again.") from exc
@@ -162,6 +181,17 @@ def _through_tool(tool: str, source: _Source, inspector: _Inspector, path: str,
         process.kill()
         feeder.join()
         raise
+
+
+def _killed(tool: str, path: str, exc: CommandFailed) -> SourceError:
+    name = os.path.basename(tool)
+    if exc.signal == signal.SIGKILL:
+        hint = ("Check the kernel log (journalctl -k, dmesg) for the OOM killer, free memory "
+                "on this host, and rerun.")
+    else:
+        hint = f"Rerun; if it happens again, check {name} and the kernel log."
+    return SourceError(f"Decompressing {path} failed: {name} was {exc.detail}. The file is "
+                       "not known to be damaged.", hint)
 
 
 def expanded_size_estimate(path: str) -> int:

@@ -4,6 +4,7 @@ install paths as CloudStack records them, and our own work directory. Pure: path
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
@@ -62,3 +63,24 @@ def same_install_path(recorded: Optional[str], expected: str) -> bool:
 
 def stage_dir(root: str) -> str:
     return os.path.join(root, WORK_DIR, "stage")
+
+
+# A stage's name says whose it is: the host and pid of the run writing it (a store is shared
+# by every management server), so that doctor can tell a dead run's stage at once.
+_STAGE_NAME = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}$")
+
+
+def host_label(host: str) -> str:
+    """A host name as a stage name carries it (no path separators, never empty)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", host) or "host"
+
+
+def stage_name(host: str, pid: int, token: str) -> str:
+    return f"{host_label(host)}-{pid}-{token}"
+
+
+def stage_owner(name: str) -> Optional[tuple[str, int]]:
+    """(host, pid) of the run a stage is named for; None for a name without them (the
+    stages of earlier versions)."""
+    match = _STAGE_NAME.match(name)
+    return (match.group("host"), int(match.group("pid"))) if match else None

@@ -44,7 +44,7 @@ def registration_lock(catalog: Catalog, timeout: float,
     lock = catalog.named_lock()
     started = time.monotonic()
     deadline = started + timeout
-    told: Optional[tuple[str, str, float]] = None  # (lock, holder's connection, when)
+    told: Optional[float] = None  # when the wait was last said
     try:
         while True:
             blocker = _try_take(lock)
@@ -55,7 +55,7 @@ def registration_lock(catalog: Catalog, timeout: float,
                     f"Lock {blocker[0]!r} is still held by {blocker[1]} after {timeout:g}s.",
                     "Another seeding run or a management server upgrade is in progress; "
                     "rerun when it is done (or raise --lock-timeout).")
-            told = _tell(blocker, told, started)
+            told = _tell(blocker, told, started, timeout)
             time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
         if told is not None:
             LOG.info("Took lock %r after %.0fs", REGISTRATION_LOCK, time.monotonic() - started)
@@ -69,17 +69,27 @@ def registration_lock(catalog: Catalog, timeout: float,
             lock.close()
 
 
-def _tell(blocker: tuple[str, str], told: Optional[tuple[str, str, float]],
-          started: float) -> tuple[str, str, float]:
-    """Say who is waited for when the wait starts or the holder changes, then every 30 s."""
+def _tell(blocker: tuple[str, str], told: Optional[float], started: float,
+          timeout: float) -> float:
+    """Say who is waited for, and why, when the wait starts; then every TELL_EVERY seconds
+    who holds it now. Returns when it was last said."""
     name, holder = blocker
-    connection = holder.split(" (", 1)[0]
     clock = time.monotonic()
-    if told is not None and told[:2] == (name, connection) and clock - told[2] < TELL_EVERY:
+    if told is None:
+        LOG.info("Waiting for lock %r, held by %s: %s. Giving up after %gs.", name, holder,
+                 _WHO_HOLDS[name], timeout)
+    elif clock - told >= TELL_EVERY:
+        LOG.info("Still waiting for lock %r after %.0fs; held by %s", name, clock - started,
+                 holder)
+    else:
         return told
-    waited = f" (waiting {clock - started:.0f}s so far)" if told is not None else ""
-    LOG.info("Waiting for lock %r, held by %s%s", name, holder, waited)
-    return name, connection, clock
+    return clock
+
+
+_WHO_HOLDS = {
+    UPGRADE_LOCK: "a management server is upgrading the database",
+    REGISTRATION_LOCK: "another seeding run, or a management server registering templates",
+}
 
 
 def _try_take(lock: NamedLock) -> Optional[tuple[str, str]]:

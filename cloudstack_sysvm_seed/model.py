@@ -200,6 +200,17 @@ class StoreSurvey:
     # template copy (a subdirectory, a link, a file no copy has), by template id.
     sizes: Mapping[int, int] = field(default_factory=dict)
     foreign: Mapping[int, str] = field(default_factory=dict)
+    # The stages this host's runs named (layout.stage_owner): whether each run is alive.
+    stage_runs: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeftoverMount:
+    """A private mountpoint that a run no longer alive left behind (stores.leftovers)."""
+
+    path: str
+    pid: int
+    source: str = ""  # what is still mounted there (host:/export), or "" for none
 
 
 # --- the snapshot a plan is made from ----------------------------------------------------------
@@ -228,6 +239,7 @@ class Snapshot:
     missing_sources: Mapping[str, str] = field(default_factory=dict)
     now: Optional[datetime.datetime] = None  # UTC, to age download states
     stale_after: float = STALE_AFTER
+    leftover_mounts: tuple[LeftoverMount, ...] = ()  # seen, not reaped (doctor)
 
     def mount_error(self, store_id: int) -> str:
         survey = self.surveys.get(store_id)

@@ -33,8 +33,12 @@ ProbeFor = Callable[[Store], Iterable[Template]]
 class Observer(contextlib.ExitStack):
     """What the database and the stores hold; closing it unmounts every store."""
 
-    def __init__(self, catalog: Catalog, mounts: MountSettings, jobs: int = 1):
+    def __init__(self, catalog: Catalog, mounts: MountSettings, jobs: int = 1,
+                 reap: bool = True):
         super().__init__()
+        # Whether the mountpoints dead runs left are reaped before mounting (doctor, which
+        # changes nothing, only reports them).
+        self.reap = reap
         self.catalog = catalog
         self.mount_settings = mounts
         self.jobs = max(1, jobs)  # stores mounted at once: mount.nfs waits on the network
@@ -90,7 +94,12 @@ class Observer(contextlib.ExitStack):
         everything (every template directory, each SYSTEM template's copy, our stages:
         doctor)."""
         if not self.reaped:
-            stores.reap_leftovers(self.mount_settings.mountpoint_parent)
+            runtime = self.mount_settings.mountpoint_parent
+            if self.reap:
+                stores.reap_leftovers(runtime)
+            else:
+                snapshot = dataclasses.replace(
+                    snapshot, leftover_mounts=tuple(stores.leftovers(runtime)))
             self.reaped = True
         by_id = {t.id: t for t in (*snapshot.templates, *snapshot.retired)}
         unique = list({store.id: store for store in targets}.values())
@@ -107,7 +116,11 @@ class Observer(contextlib.ExitStack):
                 t.id: stores.probe(root, t.id, _extension(t)) for t in probe_for(store)})
 
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="mount") as pool:
-            found = {survey.store_id: survey for survey in pool.map(look, unique)}
+            try:
+                found = {survey.store_id: survey for survey in pool.map(look, unique)}
+            except BaseException:  # Ctrl-C: mount no more stores (those mounted come off)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return dataclasses.replace(snapshot, surveys={**snapshot.surveys, **found})
 
     def _mount(self, store: Store) -> tuple[str, str]:
@@ -117,8 +130,8 @@ class Observer(contextlib.ExitStack):
                                lazy=lambda: bool(self.stalled), nfs_version=store.nfs_version)
         try:
             root = mount.__enter__()
-        except StoreError as exc:
-            LOG.error("%s (%s): %s", label, store.url, exc)
+        except StoreError as exc:  # at ERROR in the report's list, once, at the end
+            LOG.warning("%s (%s): %s", label, store.url, exc)
             return "", str(exc)
         with self.lock:  # registered at once, so an interrupt never leaves a mount behind
             self.mounts.append(mount)
@@ -172,6 +185,7 @@ def _full_survey(root: str, store_id: int, templates: dict[int, Template]) -> St
         contents = {tid: stores.contents(root, tid) for tid in ids}
     except OSError as exc:
         return StoreSurvey(store_id, error=f"cannot read the store: {exc}")
-    return StoreSurvey(store_id, "", tuple(ids), copies, stages,
+    runs = stores.stage_runs([name for name, _ in stages])
+    return StoreSurvey(store_id, "", tuple(ids), copies, stages, stage_runs=runs,
                        sizes={tid: size for tid, (size, _) in contents.items()},
                        foreign={tid: why for tid, (_, why) in contents.items() if why})

@@ -131,8 +131,10 @@ def _zone_stores(snapshot: Snapshot, zone: Zone, store_ids: tuple[int, ...],
         skipped.append(Step(SKIP, zone, store, "", "", reason=reason))
     if not writable:
         skipped.append(Step(SKIP, zone, None, "", "",
-                            reason="no writable NFS image store in this zone; its secondary "
-                                   "storage VM cannot start until one is added"))
+                            reason="no writable NFS image store in this zone: it gets no copy "
+                                   "of the system VM templates, and its secondary storage VM "
+                                   "cannot start until one is added (then `cloudstack-sysvm-seed "
+                                   "on-store-added --store-id ID` seeds it)"))
     return writable
 
 

@@ -139,7 +139,8 @@ class _Planner:
             if step is not None and step.action in (*WRITES_COPY, ADOPT):
                 planned = True
             elif step is not None and step.action == FAIL:
-                missing.append(f"store {store.id}: {step.reason}")
+                # Its cause is the copy's own record; the report tells each failure once.
+                missing.append(f"store {store.id} ({store.url}, failed)")
             elif step is None and not (template and self._ready_in_db(template.id, store.id)):
                 missing.append(f"store {store.id} ({store.url})")
         return _Coverage(planned, tuple(missing), len(usable))

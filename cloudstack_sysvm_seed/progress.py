@@ -1,5 +1,7 @@
 """Signs of life during a long copy: a bar per source file on a terminal (tqdm), otherwise a
-log line every INTERVAL seconds, because package hooks and systemd units have no terminal.
+log line every INTERVAL seconds, because package hooks and systemd units have no terminal;
+nor under dpkg, which apt runs on a pseudo-terminal, where a bar would be drawn into apt's
+output and /var/log/apt/term.log.
 
 Progress counts bytes read from the source file, whose size is known before the pass, so
 the bar can show a fraction and a time to go; decompressed sizes are not known until the end.
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
-from typing import Callable, Optional, Protocol, TextIO
+from typing import Callable, Mapping, Optional, Protocol, TextIO
 
 try:
     import tqdm
@@ -30,12 +33,21 @@ class Progress(Protocol):
     def close(self) -> None: ...
 
 
-def start(label: str, total: int, stream: Optional[TextIO] = None) -> Progress:
-    """A bar when `stream` (stderr by default) is a terminal and tqdm is installed."""
+def start(label: str, total: int, stream: Optional[TextIO] = None,
+          environ: Optional[Mapping[str, str]] = None) -> Progress:
+    """A bar when `stream` (stderr by default) is a terminal, no package manager runs us,
+    and tqdm is installed."""
     stream = stream or sys.stderr
-    if tqdm is not None and stream.isatty():
+    environ = os.environ if environ is None else environ
+    if tqdm is not None and stream.isatty() and not under_package_manager(environ):
         return Bar(label, total, stream)
     return LogLines(label, total)
+
+
+def under_package_manager(environ: Mapping[str, str]) -> bool:
+    """dpkg sets DPKG_MAINTSCRIPT_PACKAGE for maintainer scripts and triggers (RPM's
+    scriptlets and systemd units have no terminal to begin with)."""
+    return bool(environ.get("DPKG_MAINTSCRIPT_PACKAGE"))
 
 
 class Bar:

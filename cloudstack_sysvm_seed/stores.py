@@ -11,15 +11,16 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import tempfile
 import time
 import uuid
 from typing import Callable, Iterator, Optional
 
-from . import properties, runner
+from . import layout, properties, runner
 from .errors import CommandFailed, MountFailed, StoreError
-from .layout import WORK_DIR, NfsUrl, parse_url, stage_dir, template_dir
-from .model import StoreCopy
+from .layout import WORK_DIR, NfsUrl, host_label, parse_url, stage_dir, stage_name, template_dir
+from .model import LeftoverMount, StoreCopy
 from .settings import MountSettings
 
 LOG = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _unmount_and_remove(mountpoint: str, settings: MountSettings, lazy: bool) ->
         if not is_mounted(mountpoint):
             break
         try:
-            runner.run(argv + [mountpoint], timeout=settings.umount_timeout)
+            runner.run(argv + [mountpoint], timeout=settings.umount_timeout, cleanup=True)
         except CommandFailed as exc:
             LOG.warning("Unmounting %s failed (attempt %d/%d): %s",
                         mountpoint, attempt, len(attempts), exc.detail)
@@ -129,18 +130,30 @@ def _detach(mountpoint: str, why: str = "a store stopped answering") -> bool:
     return True
 
 
-def reap_leftovers(runtime_dir: str) -> int:
-    """Detach and remove the mountpoints that killed runs left in `runtime_dir` (SIGKILL
-    and power loss skip every cleanup); returns how many. A mountpoint carries its run's
-    pid: one whose process is gone is an orphan; one whose pid lives (even reused) is left.
-    """
-    reaped = 0
-    for name in os.listdir(runtime_dir):
+def leftovers(runtime_dir: str) -> list[LeftoverMount]:
+    """The mountpoints in `runtime_dir` that runs no longer alive left (SIGKILL and power
+    loss skip every cleanup), and what is still mounted on each; nothing is touched. A
+    mountpoint carries its run's pid: one whose pid lives (even reused) is not listed."""
+    found = []
+    for name in sorted(os.listdir(runtime_dir)):
         match = _LEFTOVER.match(name)
-        if not match or _alive(int(match.group(1))):
-            continue
-        path = os.path.join(runtime_dir, name)
-        why = f"left by run {match.group(1)}, which was killed"
+        if match and not alive(int(match.group(1))):
+            path = os.path.join(runtime_dir, name)
+            try:
+                source = mount_source(path) or ""
+            except OSError:
+                source = ""
+            found.append(LeftoverMount(path, int(match.group(1)), source))
+    return found
+
+
+def reap_leftovers(runtime_dir: str) -> int:
+    """Detach and remove the mountpoints that dead runs left in `runtime_dir` (see
+    leftovers); returns how many."""
+    reaped = 0
+    for leftover in leftovers(runtime_dir):
+        path = leftover.path
+        why = f"left by run {leftover.pid}, which was killed"
         while is_mounted(path) and _detach(path, why):
             pass  # stacked mounts come off one at a time
         try:
@@ -151,7 +164,18 @@ def reap_leftovers(runtime_dir: str) -> int:
     return reaped
 
 
-def _alive(pid: int) -> bool:
+def stage_runs(names: list[str]) -> dict[str, bool]:
+    """For the stages this host's runs named: whether each run is still alive."""
+    here = host_label(socket.gethostname())
+    runs = {}
+    for name in names:
+        owner = layout.stage_owner(name)
+        if owner is not None and owner[0] == here:
+            runs[name] = alive(owner[1])
+    return runs
+
+
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -244,7 +268,8 @@ class Stage:
 
     def __init__(self, root: str):
         self.root = root
-        self.path = os.path.join(stage_dir(root), uuid.uuid4().hex)
+        name = stage_name(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
+        self.path = os.path.join(stage_dir(root), name)
         self.published_to: Optional[str] = None
         os.makedirs(self.path, mode=0o755)
 

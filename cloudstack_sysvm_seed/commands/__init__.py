@@ -22,7 +22,8 @@ PROG = "cloudstack-sysvm-seed"
 EXIT_MEANINGS = {
     errors.EXIT_OK: "success",
     errors.EXIT_FAILED: "the run finished, but something failed (see the report)",
-    errors.EXIT_USAGE: "bad arguments or settings (db.properties), or not confirmed",
+    errors.EXIT_USAGE: "bad arguments or settings (db.properties), not root, or not "
+                      "confirmed",
     errors.EXIT_METADATA: "metadata.ini is missing or malformed",
     errors.EXIT_DATABASE: "the cloud database is unreachable, or its schema does not fit",
     errors.EXIT_STORE: "a store cannot be used at all (e.g. a malformed URL); nothing changed",
@@ -46,6 +47,7 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Settings], int]
     exit_codes: dict  # code -> what it means for this command
+    mounts: bool = False  # mounts the stores, so needs root
 
     def epilog(self) -> str:
         width = max(len(str(code)) for code in self.exit_codes)

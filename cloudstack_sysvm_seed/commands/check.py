@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 CHECK = Command(
-    "check", "say, changing nothing, whether seeding would succeed now",
+    "check", "say, changing nothing, whether seeding would succeed",
     "Check, without changing anything, that seeding would succeed now: a valid bundled or "
     "downloadable image for every hypervisor in use, no templates directory older than "
     "what a hypervisor uses now, names that line up, every store mountable and writable "
@@ -191,4 +191,5 @@ CHECK = Command(
     _arguments, _run,
     exit_codes(errors.EXIT_FAILED,
                meaning={errors.EXIT_OK: "ready: seeding would succeed now",
-                        errors.EXIT_FAILED: "problems were found (listed)"}))
+                        errors.EXIT_FAILED: "problems were found (listed)"}),
+    mounts=True)

@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 INSTALL = Command(
-    "install", "install one image onto one mounted store (replaces cloud-install-sys-tmplt)",
+    "install", "install one image onto one store you mounted",
     "Install one template image onto one store you mounted, safely: the successor of "
     "cloud-install-sys-tmplt. Refuses a mountpoint that is not mounted, verifies the "
     "checksum, writes template.properties with true sizes, and records the copy in "

@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 PRUNE_COMMAND = Command(
-    "prune", "delete SystemVM templates nobody uses any more, and their copies",
+    "prune", "delete unused SystemVM templates and their copies",
     "Give the stores their space back: retire the SYSTEM templates older than the newest "
     "--keep per hypervisor and arch, as CloudStack retires a template (rows Destroyed, "
     "Inactive and removed; directories deleted from every store). Never one that a "
@@ -160,4 +160,5 @@ PRUNE_COMMAND = Command(
     exit_codes(errors.EXIT_FAILED, errors.EXIT_LOCKED,
                meaning={errors.EXIT_OK: "pruned (or, with --dry-run, planned), or nothing "
                                         "to do",
-                        errors.EXIT_FAILED: "some copy or row could not be removed (listed)"}))
+                        errors.EXIT_FAILED: "some copy or row could not be removed (listed)"}),
+    mounts=True)

@@ -75,6 +75,9 @@ def repair(args: argparse.Namespace, config: Settings) -> int:
     results = [Result(o.step.change, _RESULT_OF.get(o.status, FAILED), o.error or _why(o))
                for o in outcomes if o.step.change is not None]
     print(_report(decided, saved, results, config.json))
+    for result in results:
+        if result.status == FAILED:  # stderr and the log file say why, --json or not
+            LOG.error("Failed: %s: %s", result.action.describe(), result.detail)
     failed = any(r.status != DONE for r in results)
     return errors.EXIT_FAILED if failed or decided.left else errors.EXIT_OK
 
@@ -217,7 +220,7 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
 
 
 REPAIR = Command(
-    "repair", "fix what doctor finds, with a backup that --undo restores",
+    "repair", "fix what doctor finds; --undo restores its backup",
     "Fix what doctor finds, where it is safe, in one run (the one-template-per-zone mess "
     "included): shows the plan and asks (--yes without a terminal), writes a JSON backup of "
     "every row it may change first; `repair --undo FILE` puts them back. Never destroys a "
@@ -226,4 +229,5 @@ REPAIR = Command(
     exit_codes(errors.EXIT_FAILED, errors.EXIT_LOCKED,
                meaning={errors.EXIT_OK: "repaired (or, with --dry-run, planned)",
                         errors.EXIT_FAILED: "something failed, or was left as is "
-                                            "(the report says why)"}))
+                                            "(the report says why)"}),
+    mounts=True)

@@ -83,8 +83,15 @@ def observe_and_plan(observer: Observer, meta: Metadata, config: Settings,
 
 
 def report_and_exit(outcomes: list[apply.Outcome], config: Settings) -> int:
+    """Print the report; log each warning, and each distinct failure at ERROR (so that
+    stderr and the log file say why, --json or not), then the counts."""
     print(report.to_json(outcomes) if config.json else
           report.to_table(outcomes, dry_run=config.dry_run))
+    records = report.records(outcomes)
+    for warning in report.warnings(records):
+        LOG.warning("%s", warning)
+    for error, where in report.failures(records):
+        LOG.error("%s", report.failure_line(error, where))
     LOG.info("Done: %s", report.summary(outcomes))
     failed = any(o.status == apply.FAILED for o in outcomes)
     return errors.EXIT_FAILED if failed else errors.EXIT_OK
@@ -108,7 +115,7 @@ def _run_seed(args: argparse.Namespace, config: Settings) -> int:
 
 
 SEED = Command(
-    "seed", "register the templates and seed every NFS store (the default command)",
+    "seed", "register the templates, seed every NFS store (default)",
     "Register the SystemVM templates described by metadata.ini and seed them onto every NFS "
     "image store of each zone; then point router.template.<hv>, "
     "minreq.sysvmtemplate.version and the system VMs in scope at them, where that is safe. "
@@ -120,7 +127,8 @@ SEED = Command(
                meaning={errors.EXIT_OK: "every store in scope is Ready, or there was nothing "
                                         "to do",
                         errors.EXIT_FAILED: "some store or hypervisor failed, or was refused "
-                                            "(an older templates directory)"}))
+                                            "(an older templates directory)"}),
+    mounts=True)
 
 
 def _store_added_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,4 +160,5 @@ ON_STORE_ADDED = Command(
     exit_codes(errors.EXIT_FAILED, errors.EXIT_METADATA, errors.EXIT_LOCKED,
                meaning={errors.EXIT_OK: "the store is seeded, or seeding failed without "
                                         "--strict",
-                        errors.EXIT_FAILED: "with --strict: seeding the store failed"}))
+                        errors.EXIT_FAILED: "with --strict: seeding the store failed"}),
+    mounts=True)

@@ -91,7 +91,7 @@ def _run_watch(args: argparse.Namespace, config: Settings) -> int:
 
 
 WATCH = Command(
-    "watch", "seed image stores that lack their zone's templates, as they appear",
+    "watch", "seed image stores as they are added, until stopped",
     "Run until stopped. Every interval one query asks the database whether a usable NFS "
     "image store (in a zone, not read-only, role Image) lacks a Ready copy of a template its "
     "zone needs: the one router.template.<hv> names for each hypervisor of the zone (the "
@@ -113,4 +113,5 @@ WATCH = Command(
         errors.EXIT_INTERRUPTED: "with --once: interrupted (Ctrl-C); the copy in progress "
                                  "was undone",
         errors.EXIT_TERMINATED: "with --once: terminated (SIGTERM); the copy in progress "
-                                "was undone"}))
+                                "was undone"}),
+    mounts=True)

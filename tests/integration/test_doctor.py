@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import time
 
 import pytest
@@ -479,4 +481,70 @@ def test_store_unreachable(world, seeded, tmp_path):
     gone = world.builder.store(seeded["zone"], "nfs://10.1.0.66/export/gone")
     finding = only(doctor(world)[1], "store-unreachable")
     assert finding["stores"] == [gone] and "Cannot mount" in finding["message"]
+    assert world.leftover_mountpoints() == []
+
+
+# --- what a run left: told at once when the run is dead, left alone while it lives ---------
+
+
+def start_copying(world, slow_bundle):
+    """A seed run in its own process, returned once it is writing its stages."""
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (1, 2)]
+    world.use_bundle(slow_bundle)
+    process = subprocess.Popen(world.command(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=world.env)
+    stages = [e / ".cloudstack-sysvm-seed" / "stage" for e in exports]
+    deadline = time.monotonic() + 60
+    while not all(s.is_dir() and any(os.scandir(s)) for s in stages):
+        assert process.poll() is None and time.monotonic() < deadline, "no copy started"
+        time.sleep(0.002)
+    return process, exports, stages
+
+
+def test_a_killed_runs_stages_and_mounts_are_findings_at_once(world, stores_root, slow_bundle):
+    process, exports, stages = start_copying(world, slow_bundle)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    left = world.leftover_mountpoints()
+    assert len(left) == 2  # a killed run unmounts nothing
+
+    run, findings = doctor(world)
+    stale = [f for f in findings if f["code"] == "stale-staging"]
+    assert len(stale) == 2  # a minute old at most, and found at once: the run is dead
+    assert all(f"(run {process.pid} on this host is no longer running)" in f["message"]
+               for f in stale)
+    mounts_left = [f for f in findings if f["code"] == "stale-mount"]
+    assert sorted(f["message"].split()[0] for f in mounts_left) == [
+        str(world.runtime / name) for name in left]
+    assert all(f"left by run {process.pid}, which is no longer running: " in f["message"]
+               and f["message"].endswith(" is still mounted there.") for f in mounts_left)
+    assert all("`cloudstack-sysvm-seed seed`" in f["fix"] for f in mounts_left)
+    # doctor changes nothing: the mounts and the stages are still there.
+    assert world.leftover_mountpoints() == left and all(any(os.scandir(s)) for s in stages)
+    text = world.run("doctor").out
+    assert "  run: cloudstack-sysvm-seed seed" in text
+    assert "  run: cloudstack-sysvm-seed repair" in text  # the stages: seed sweeps only where
+    assert "None" not in text                              # it writes, repair everywhere
+
+    assert world.run().code == 0  # seeding detaches the mounts and sweeps the stages
+    assert world.leftover_mountpoints() == []
+    assert doctor(world)[1] == []
+
+
+def test_a_live_runs_stages_are_named_in_progress_and_left_alone(world, stores_root,
+                                                                slow_bundle):
+    process, exports, stages = start_copying(world, slow_bundle)
+    process.send_signal(signal.SIGSTOP)  # alive, but writing nothing while doctor looks
+    try:
+        run = world.run("doctor")
+        assert "stale-staging" not in run.out and "stale-mount" not in run.out
+        busy = run.out.split("In progress (left alone):\n", 1)[1].splitlines()
+        assert len(busy) == 2
+        assert all(f"is being written by run {process.pid} on this host; left alone." in line
+                   for line in busy)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=120) == 0
     assert world.leftover_mountpoints() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,3 +46,89 @@ def test_interrupt_during_copy_undoes_everything(world, stores_root, slow_bundle
     assert world.rows("vm_template") == templates_before
     assert world.rows("template_store_ref") == []
     assert world.leftover_mountpoints() == []
+
+
+# A mount command that forks a helper, as mount(8) forks mount.nfs, and hangs with it;
+# each call records both pids in $PIDS.
+HANGING_MOUNT = """#!/bin/sh
+sleep 120 &
+echo "$$ $!" > "$PIDS/$$"
+wait
+"""
+
+
+def hanging_mount(tmp_path):
+    script = tmp_path / "hanging-mount"
+    script.write_text(HANGING_MOUNT)
+    script.chmod(0o755)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    return str(script), pids
+
+
+def mount_pids(pids):
+    return [int(p) for f in pids.iterdir() for p in f.read_text().split()]
+
+
+def running(pid):
+    """The process exists and is not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def still_running(pids, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if running(p)]
+
+
+def test_a_mount_timeout_kills_the_mount_command_and_what_it_forked(world, stores_root,
+                                                                    tmp_path):
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    world.nfs_store(zone, "10.1.0.1", "/export/s1")
+    script, pids = hanging_mount(tmp_path)
+    process = subprocess.Popen(world.command("--json", "--mount-timeout", "1",
+                                             mount_command=script),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(world.env, PIDS=str(pids)))
+    out, err = process.communicate(timeout=60)  # the helper holds the pipes for 120 s
+    assert process.returncode == 1, err
+    assert "timeout: Cannot mount 10.1.0.1:/export/s1 for store 1" in err
+    assert len(mount_pids(pids)) == 2
+    assert still_running(mount_pids(pids)) == []
+    assert world.leftover_mountpoints() == []
+
+
+def test_ctrl_c_while_mounting_says_interrupted_once_and_leaves_nothing(world, stores_root,
+                                                                       tmp_path):
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    for n in (1, 2, 3):
+        world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")
+    script, pids = hanging_mount(tmp_path)
+    # As a shell starts a job: a process group of its own, which Ctrl-C signals whole.
+    process = subprocess.Popen(world.command("--json", mount_command=script),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=dict(world.env, PIDS=str(pids)))
+    deadline = time.monotonic() + 30
+    while len(list(pids.iterdir())) < 3:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the mounts never started"
+        time.sleep(0.02)
+    time.sleep(0.1)  # each pid file is written whole
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+
+    assert process.returncode == 130, err
+    assert err.count("interrupted") == 1, err
+    assert json.loads(out) == {"error": "interrupted; partial work was undone.",
+                               "exit_code": 130, "hint": None}
+    assert "Cannot mount" not in err and "exit code" not in err, err
+    assert still_running(mount_pids(pids)) == []
+    assert world.leftover_mountpoints() == []
+    assert world.rows("template_store_ref") == []

@@ -48,3 +48,17 @@ def test_a_terminal_gets_a_bar_per_source_and_whole_log_lines(world, slow_bundle
     logged = [frame for frame in frames if frame.startswith("cloudstack-sysvm-seed: INFO:")]
     assert sum("seeded template" in line for line in logged) == 2, shown
     assert all("%|" not in line for line in logged)  # no bar fragment inside a log line
+
+
+def test_under_dpkg_the_terminal_gets_log_lines_and_no_bar(world, slow_bundle):
+    """As apt runs a trigger: on a pseudo-terminal, with DPKG_MAINTSCRIPT_PACKAGE set."""
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    world.nfs_store(zone, "10.1.0.1", "/export/s1")
+    world.use_bundle(slow_bundle)
+    env = dict(world.env, DPKG_MAINTSCRIPT_PACKAGE="cloudstack-sysvm-seed",
+               DPKG_MAINTSCRIPT_NAME="postinst")
+    code, shown = run_in_terminal(world.command(), env)
+    assert code == 0, shown
+    assert "%|" not in shown and "\r" not in shown.replace("\r\n", "\n"), shown
+    assert "cloudstack-sysvm-seed: INFO: kvm-x86_64: registered and seeded template" in shown

@@ -7,6 +7,8 @@ import bz2
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +24,11 @@ ERAS = ["4.11", "4.15", "4.20"]
 def copies(records):
     """The records of the copies, without the changes around them (action configure)."""
     return [r for r in records if r["action"] != "configure"]
+
+
+def unwrapped(text):
+    """The text report with its lines joined again (it wraps at 80 columns)."""
+    return re.sub(r"\n\s+", " ", text)
 
 
 def md5(path):
@@ -229,6 +236,51 @@ def test_a_corrupt_bundle_changes_nothing_and_is_named(world, stores_root):
     assert not (export / ".cloudstack-sysvm-seed").exists()
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["in-process bz2", "lbzip2"])
+def test_a_damaged_byte_is_reported_as_the_checksum_mismatch_it_is(world, stores_root,
+                                                                  slow_bundle, large):
+    """The decoder's complaint ("block CRC mismatch") is not the cause: the file differs
+    from what metadata.ini says it is, and the report says so with both digests."""
+    store, export = zone_with_one_store(world)
+    if large:
+        world.use_bundle(slow_bundle)
+    expected = md5(world.bundle)
+    data = bytearray(world.bundle.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    world.bundle.write_bytes(bytes(data))
+    run = world.run("--json")
+    assert run.code == errors.EXIT_FAILED
+    (record,) = copies(json.loads(run.out))
+    assert record["error"].startswith(
+        f"Checksum mismatch for {world.bundle} (MD5):\n  expected {expected}\n"
+        f"  actual   {md5(world.bundle)}\n  (and decoding it failed: corrupt ")
+    assert "The file is corrupt or was modified; reinstall" in record["error"]
+    assert world.rows("template_store_ref") == []
+    assert not (export / ".cloudstack-sysvm-seed").exists()
+
+
+def test_a_killed_decompressor_is_named_not_the_file(world, stores_root, slow_bundle,
+                                                    tmp_path, monkeypatch):
+    """The real lbzip2, SIGKILLed as the OOM killer does, as soon as it runs."""
+    zone_with_one_store(world)
+    world.use_bundle(slow_bundle)
+    real = shutil.which("lbzip2")
+    assert real, "lbzip2 is missing: scripts/setup installs it"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "lbzip2").write_text(f'#!/bin/sh\n( kill -KILL $$ ) &\nexec {real} "$@"\n')
+    (bindir / "lbzip2").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    run = world.run("--json")
+    assert run.code == errors.EXIT_FAILED
+    (record,) = copies(json.loads(run.out))
+    assert record["error"].startswith(f"Decompressing {world.bundle} failed: lbzip2 was "
+                                      "killed by SIGKILL (out of memory?). The file is not "
+                                      "known to be damaged.")
+    assert "corrupt" not in record["error"] and "reinstall" not in record["error"]
+    assert world.rows("template_store_ref") == []
+
+
 def test_checksum_mismatch_message_has_algorithm_expected_and_actual(world, stores_root):
     zone_with_one_store(world)
     metadata = world.templates / "metadata.ini"
@@ -236,8 +288,9 @@ def test_checksum_mismatch_message_has_algorithm_expected_and_actual(world, stor
     metadata.write_text(metadata.read_text().replace(world.kvm.checksum, wrong))
     run = world.run()
     assert run.code == errors.EXIT_FAILED
-    assert f"Checksum mismatch for {world.bundle} (MD5)" in run.out
-    assert f"expected {wrong}" in run.out and f"actual   {md5(world.bundle)}" in run.out
+    out = unwrapped(run.out)
+    assert f"Checksum mismatch for {world.bundle} (MD5)" in out
+    assert f"expected {wrong}" in out and f"actual   {md5(world.bundle)}" in out
     assert world.rows("template_store_ref") == []
 
 
@@ -467,3 +520,23 @@ def test_a_hung_mount_times_out_and_the_other_stores_finish(world, stores_root, 
                                              f"for store {hung}: timed out after 1s.")
     assert records[hung]["zone"] == "east" and records[hung]["store_url"].endswith("/hangs")
     assert world.leftover_mountpoints() == []
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_store_failure_is_logged_at_error_in_the_same_words_everywhere(world, stores_root,
+                                                                         tmp_path, as_json):
+    store, _ = zone_with_one_store(world)
+    gone = world.builder.store(world.rows("data_center")[0]["id"], "nfs://10.1.0.9/export/gone")
+    log = tmp_path / "seed.log"
+    run = world.run("--log-file", str(log), *(["--json"] if as_json else []))
+    assert run.code == errors.EXIT_FAILED
+    prefix = "cloudstack-sysvm-seed: ERROR: "
+    on_stderr = [line[len(prefix):] for line in run.err.splitlines() if line.startswith(prefix)]
+    in_log = [line.split(" ERROR ", 1)[1].split(": ", 1)[1]
+              for line in log.read_text().splitlines() if " ERROR " in line]
+    assert on_stderr == in_log == [
+        f"Failed for kvm x86_64 on store {gone} (nfs://10.1.0.9/export/gone) in zone east: "
+        f"Cannot mount 10.1.0.9:/export/gone for store {gone}: exit code 32: mount.nfs: access "
+        "denied by server while mounting 10.1.0.9:/export/gone. Check that the NFS server is "
+        "reachable and exports the path to this host."]
+    assert "Done: copies 1 ready, 1 failed; stores 1 ready, 1 failed;" in log.read_text()

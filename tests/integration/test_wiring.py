@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -115,6 +116,11 @@ def test_a_run_waits_for_the_lock_then_finishes(world, stores_root):
     assert run.code == 0, run.err
     assert time.monotonic() - started >= 1.4
     assert "Waiting for lock 'UpgradeDatabase-Lock', held by connection" in run.err
+    # The holder in plain words: an idle connection, not PROCESSLIST's "Sleep".
+    (waiting,) = [line for line in run.err.splitlines() if "Waiting for lock" in line]
+    assert re.search(r"held by connection \d+ from \S+ \(user \w+, idle for \d+s\): another "
+                     r"seeding run, or a management server registering templates\.", waiting)
+    assert "Still waiting" not in run.err  # 1.5 s: no second line
 
 
 @pytest.mark.parametrize("count", [2, 3])

@@ -348,6 +348,14 @@ def test_failed_hook_keeps_dpkg_green_and_the_unit_retries(installed, management
     assert f"see {root.path}/{LOG}" in done.stdout
     assert "retried when cloudstack-management starts, or run: cloudstack-sysvm-seed" in done.stdout
     assert (root / PENDING).read_text().startswith("exit=4\n")
+    # The log says why, in the seeder's words, and what to run next (the hook's last line).
+    lines = (root / LOG).read_text().splitlines()
+    assert " ERROR cloudstack_sysvm_seed.cli: Cannot connect to the cloud database " in \
+        lines[-3]
+    assert lines[-2].endswith("Check db.properties (--db-properties) and that MySQL/MariaDB "
+                              "is running.")
+    assert "hook: ERROR SystemVM template seeding did not finish (exit 4)" in lines[-1]
+    assert "run: cloudstack-sysvm-seed check" in lines[-1]
     assert root.status("cloudstack-sysvm-seed") == "ii "
     assert root.status("cloudstack-management") == "ii "
     assert not cloud.query("SELECT id FROM vm_template WHERE name = %s", (name,))

@@ -118,3 +118,25 @@ def test_defer_only_records_pending(root):
     assert done.returncode == 0
     assert not root.calls.exists()
     assert root.pending().read_text().startswith("exit=deferred\n")
+
+
+def test_a_failure_is_explained_in_the_log_with_what_to_run_next(root):
+    log = root.path / LOG
+    log.parent.mkdir(parents=True)
+    log.write_text("2024-01-01 00:00:00,000 1 INFO cloudstack_sysvm_seed: Done: earlier run\n")
+    root.run(code=4)
+    (line,) = log.read_text().splitlines()[1:]
+    assert " hook: ERROR SystemVM template seeding did not finish (exit 4): the cloud " \
+           "database is unreachable, or its schema does not fit (the errors above say " \
+           "why);" in line
+    assert line.endswith("it will be retried when cloudstack-management starts, or run: "
+                         "cloudstack-sysvm-seed check (what is wrong now), then "
+                         "cloudstack-sysvm-seed seed")
+
+
+def test_a_seeder_that_cannot_run_is_named_in_the_log(root):
+    (root.path / "usr/bin/cloudstack-sysvm-seed").unlink()
+    root.run()
+    text = (root.path / LOG).read_text()
+    assert "(exit 127): the seeder could not be run (" in text
+    assert f"{root.path}/usr/bin/cloudstack-sysvm-seed could not be run);" in text

@@ -1,14 +1,10 @@
 """The per-store writer thread: real files, and one blocking stream standing in for a dead
 NFS server (a write that never returns)."""
 
-import os
-import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-import pytest
 
 from cloudstack_sysvm_seed import copies
 from cloudstack_sysvm_seed.model import Step, Store, Zone
@@ -247,15 +243,3 @@ def test_a_spool_that_cannot_be_made_means_waiting_not_failing(tmp_path, caplog)
     assert not backlog.put("image", b"x", timeout=0.05)  # waited for room, found none
     assert "Cannot spill a store's backlog to" in caplog.text
     assert [backlog.get() for _ in range(copies.MEMORY_CHUNKS)] == [("image", b"x")] * 8
-
-
-def test_signals_inside_a_deferred_block_take_effect_when_it_ends():
-    before = signal.getsignal(signal.SIGINT)
-    reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with copies.signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # where the interrupt would otherwise land
-            reached.append(True)
-    assert reached == [True]
-    assert signal.getsignal(signal.SIGINT) is before

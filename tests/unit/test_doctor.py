@@ -317,3 +317,76 @@ def test_backup_values_survive_json():
            "day": datetime.date(2020, 1, 2), "name": "x", "none": None}
     encoded = json.loads(json.dumps({k: backup._encode(v) for k, v in row.items()}))
     assert {k: backup._decode(v) for k, v in encoded.items()} == row
+
+
+# --- what a dead run left, what a live one is writing, and who fixes what ----------------------
+
+HERE = "ms1"
+TOKEN = "0" * 32
+
+
+def test_a_dead_runs_stage_is_stale_at_once_and_a_live_runs_is_in_progress():
+    dead, live, elsewhere = (f"{HERE}-111-{TOKEN}", f"{HERE}-222-{TOKEN}",
+                             f"ms2-333-{TOKEN}")
+    base = survey(1, 200, stages=((dead, 60.0), (live, 60.0), (elsewhere, 60.0)))
+    surveys = {1: dataclasses.replace(base, stage_runs={dead: False, live: True})}
+    snap = one_kvm_store(surveys=surveys)
+    (stale,) = by_code(doctor.decide(snap))[doctor.STALE_STAGING]
+    # A minute old: the dead run's only; another host's waits for the hour.
+    assert stale.actions == (RemoveStage(1, dead),)
+    assert f"{dead} (run 111 on this host is no longer running)" in stale.finding.message
+    assert stale.finding.command == doctor.REPAIR
+    assert doctor.in_progress(snap) == [
+        f"Store 1: stage {live} is being written by run 222 on this host; left alone."]
+
+
+def test_mounts_a_dead_run_left_are_reported_with_the_command_that_removes_them():
+    snap = one_kvm_store(surveys={1: survey(1, 200)}, leftover_mounts=(
+        model.LeftoverMount("/tmp/sysvm-seed-111-store1-x", 111, "10.0.0.1:/export"),
+        model.LeftoverMount("/tmp/sysvm-seed-111-store2-y", 111)))
+    found = by_code(doctor.decide(snap))[doctor.STALE_MOUNT]
+    assert [d.finding.message for d in found] == [
+        "/tmp/sysvm-seed-111-store1-x was left by run 111, which is no longer running: "
+        "10.0.0.1:/export is still mounted there.",
+        "/tmp/sysvm-seed-111-store2-y was left by run 111, which is no longer running: "
+        "nothing is mounted there any more."]
+    assert found[0].finding.fix.endswith(
+        "by hand: umount -l /tmp/sysvm-seed-111-store1-x; rmdir /tmp/sysvm-seed-111-store1-x.")
+    assert {d.finding.command for d in found} == {doctor.SEED} and all(d.left for d in found)
+
+
+def test_seed_is_recommended_where_seeding_fixes_it():
+    """Store 2 lacks the current template, which metadata.ini describes (seedable): seed
+    copies it. Without metadata.ini's word, repair does."""
+    snap = one_kvm_store(stores=(nfs(1, 1), nfs(2, 1)),
+                         surveys={1: survey(1, 200), 2: survey(2)})
+    (decision,) = doctor.decide(snap, seedable=frozenset({200})).decisions
+    assert decision.finding.code == doctor.STORE_MISSING_TEMPLATE
+    assert decision.finding.command == doctor.SEED
+    assert "(`cloudstack-sysvm-seed seed` does)" in decision.finding.fix
+    (decision,) = doctor.decide(snap).decisions
+    assert decision.finding.command == doctor.REPAIR
+    assert "(`cloudstack-sysvm-seed repair` does)" in decision.finding.fix
+
+
+def test_no_finding_says_none():
+    """NULL columns in every place a finding names one."""
+    broken = dataclasses.replace(ref(21, 200, 1), state="Allocated", download_state=None,
+                                 install_path=None, size=None, physical_size=None)
+    snap = one_kvm_store(
+        templates=(template(200, "systemvm-kvm-4.20.0", cross_zones=True, size=None,
+                            hv="KVM"),),
+        store_refs=(broken,), settings={"router.template.kvm": None},
+        overrides=(model.Override(5, 1, "router.template.kvm", None),),
+        system_vms=(model.SystemVm(9, "s-9-VM", "SecondaryStorageVm", 1, "KVM", "x86_64",
+                                   None),),
+        surveys={1: survey(1, 200)})
+    findings = doctor.diagnose(snap)
+    codes = {f.code for f in findings}
+    assert {doctor.SIZE_ZERO, doctor.STORE_REF_NOT_READY, doctor.ROUTER_TEMPLATE_MISMATCH,
+            doctor.SYSTEM_VMS_ON_OLD_TEMPLATE} <= codes
+    for finding in findings:
+        assert "None" not in finding.message and "None" not in finding.fix, finding
+    text = " ".join(f.message for f in findings)
+    assert "has no size (NULL)" in text and "is Allocated/not set (100%)" in text
+    assert "router.template.kvm is not set; zone 1 overrides it with an empty value" in text

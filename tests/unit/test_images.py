@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import os
 import stat
 import struct
 import tarfile
@@ -13,7 +14,7 @@ import zipfile
 import pytest
 
 from cloudstack_sysvm_seed import images
-from cloudstack_sysvm_seed.errors import ImageFormatError
+from cloudstack_sysvm_seed.errors import ImageFormatError, SourceError
 
 
 def qcow2_header(virtual_size, version=3, backing_offset=0):
@@ -307,3 +308,35 @@ def test_progress_hears_every_source_byte_once(tmp_path, monkeypatch, parallel):
     counter = Counter()
     read(tmp_path, data, chunk_size=999, progress=counter)
     assert counter.count == len(data)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["in-process", "lbzip2"])
+def test_a_damaged_file_is_hashed_whole_before_it_is_refused(tmp_path, monkeypatch, parallel):
+    """So that the caller can name the checksum mismatch, which makes the damage certain."""
+    monkeypatch.setattr(images, "PARALLEL_BZIP2_MIN", 0 if parallel else 1 << 62)
+    data = bytearray(bz2.compress(QCOW2))
+    data[len(data) // 3] ^= 0xFF
+    path = tmp_path / "image"
+    path.write_bytes(bytes(data))
+    hasher = hashlib.md5()
+    with pytest.raises(ImageFormatError, match="corrupt"):
+        images.read(str(path), "QCOW2", [hasher], [Collector()], chunk_size=999)
+    assert hasher.hexdigest() == hashlib.md5(data).hexdigest()
+
+
+def test_a_killed_decompressor_is_named_and_not_blamed_on_the_file(tmp_path, monkeypatch):
+    """A stand-in lbzip2 that reads a little and is killed as the OOM killer would."""
+    monkeypatch.setattr(images, "PARALLEL_BZIP2_MIN", 0)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "lbzip2").write_text("#!/bin/sh\nhead -c 4096 >/dev/null\nkill -KILL $$\n")
+    (bindir / "lbzip2").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    path = tmp_path / "image"
+    path.write_bytes(bz2.compress(QCOW2))
+    with pytest.raises(SourceError) as info:
+        images.read(str(path), "QCOW2", [hashlib.md5()], [Collector()], chunk_size=999)
+    assert not isinstance(info.value, ImageFormatError)
+    assert info.value.message == (f"Decompressing {path} failed: lbzip2 was killed by SIGKILL "
+                                  "(out of memory?). The file is not known to be damaged.")
+    assert "OOM killer" in info.value.hint

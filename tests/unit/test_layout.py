@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 
 import pytest
 from pyfakefs.fake_filesystem import reset_ids, set_uid
@@ -152,7 +153,12 @@ def test_stage_is_a_fresh_hidden_directory_under_the_work_dir(store):
     first, second = stores.Stage(ROOT), stores.Stage(ROOT)
     for stage in (first, second):
         assert os.path.dirname(stage.path) == STAGES
-        assert re.fullmatch(r"[0-9a-f]{32}", os.path.basename(stage.path))
+        # Whose it is: this host, this run's pid (so doctor tells a dead run's at once).
+        name = os.path.basename(stage.path)
+        assert re.fullmatch(rf"{re.escape(layout.host_label(socket.gethostname()))}-"
+                            rf"{os.getpid()}-[0-9a-f]{{32}}", name)
+        assert layout.stage_owner(name) == (layout.host_label(socket.gethostname()),
+                                            os.getpid())
         assert os.path.isdir(stage.path) and os.listdir(stage.path) == []
     assert first.path != second.path
     assert not os.path.exists(f"{ROOT}/template")  # nothing the SSVM scans, yet
@@ -377,3 +383,12 @@ def test_reap_leftovers_detaches_a_dead_runs_stacked_mounts_first(fs, dead_pid, 
     assert detached == [(dead, f"left by run {dead_pid}, which was killed")] * 2
     assert os.listdir(RUNTIME) == [os.path.basename(live)]
     assert stores.is_mounted(live)  # a live run's mount is never touched
+
+
+def test_a_stage_name_says_whose_it_is():
+    name = layout.stage_name("ms-1.example.org", 4242, "a" * 32)
+    assert name == f"ms-1.example.org-4242-{'a' * 32}"
+    assert layout.stage_name("we/ird host", 7, "b" * 32) == f"we_ird_host-7-{'b' * 32}"
+    assert layout.stage_owner(f"ms-1.example.org-4242-{'a' * 32}") == ("ms-1.example.org", 4242)
+    assert layout.stage_owner("0123456789abcdef0123456789abcdef") is None  # an older name
+    assert layout.stage_owner("old") is None

@@ -1,4 +1,5 @@
 import hashlib
+import re
 
 import pytest
 
@@ -6,6 +7,12 @@ from cloudstack_sysvm_seed import hypervisors, metadata
 from cloudstack_sysvm_seed.errors import MetadataError
 
 MD5 = hashlib.md5(b"x").hexdigest()
+
+
+def without_lines(problems):
+    """The problems with their line numbers taken out ("m.ini:7: [kvm]" -> "m.ini [kvm]")."""
+    return [re.sub(r":\d+: ", " ", problem) for problem in problems]
+
 SHA512 = hashlib.sha512(b"x").hexdigest()
 
 FORM_416 = f"""
@@ -136,7 +143,7 @@ arch = aarch64
 """
     with pytest.raises(MetadataError) as info:
         metadata.parse(text, "/usr/share/x/metadata.ini")
-    problems = info.value.problems
+    problems = without_lines(info.value.problems)
     assert "/usr/share/x/metadata.ini [default] version: 'four' is not X.Y.Z[.S]" in problems
     assert "/usr/share/x/metadata.ini [kvm] templatename: missing" in problems
     assert any("[kvm] checksum:" in p and "3 hex digits" in p for p in problems)
@@ -160,7 +167,7 @@ filename = b.qcow2.bz2
 """
     with pytest.raises(MetadataError) as info:
         metadata.parse(text, "m.ini")
-    assert info.value.problems == [
+    assert without_lines(info.value.problems) == [
         "m.ini: missing section [default]",
         "m.ini [kvm-x86_64]: kvm-x86_64 is also described by [kvm]",
     ]
@@ -183,3 +190,67 @@ def test_syntax_errors_and_missing_file(tmp_path):
 def test_download_repository_is_kept():
     text = "[default]\nversion = 4.22.0.0\ndownloadrepository = https://mirror/systemvm/\n"
     assert metadata.parse(text).download_repository == "https://mirror/systemvm/"
+
+
+def test_an_unclosed_header_is_named_on_its_line_and_blames_no_other_section():
+    text = FORM_420.replace("[kvm-aarch64]", "[kvm-aarch64")
+    with pytest.raises(MetadataError) as info:
+        metadata.parse(text, "m.ini")
+    assert info.value.problems == [
+        "m.ini:13: '[kvm-aarch64' is not a section header: the closing ']' is missing (the "
+        "lines up to the next header are not read)"]
+
+
+def test_every_syntax_problem_at_once_each_with_its_line():
+    text = f"""\
+templatename = early
+[default]
+version = 4.20.0.0
+[kvm]
+templatename = a
+checksum = {MD5}
+filename = a.qcow2.bz2
+templatename = b
+just some words
+[kvm]
+templatename = again
+= no key
+"""
+    with pytest.raises(MetadataError) as info:
+        metadata.parse(text, "m.ini")
+    assert info.value.problems == [
+        "m.ini:1: 'templatename = early' is outside any section: no section headers come "
+        "before it",
+        "m.ini:8: [kvm] templatename: given again (first on line 5); only the first is read",
+        "m.ini:9: 'just some words' is neither a [section] header nor a `key = value` line",
+        "m.ini:10: section [kvm] again (it starts on line 4); this one is not read",
+    ]
+    message = str(info.value)
+    assert message.startswith("m.ini has 4 problem(s):\n  - m.ini:1: ")
+    assert "configparser" not in message and "already exists" not in message
+
+
+def test_what_configparser_reads_is_read_the_same():
+    text = f"""\
+# a comment
+[default]
+Version: 4.20.0.0
+; another
+[kvm]
+templatename = systemvm-kvm-4.20.0
+checksum = {MD5}
+filename = kvm.qcow2.bz2
+downloadurl = https://example.org/a=b:c
+"""
+    meta = metadata.parse(text)
+    (spec,) = meta.specs
+    assert meta.version == "4.20.0.0"  # keys are case-insensitive, ':' works as '='
+    assert spec.url == "https://example.org/a=b:c"
+
+
+def test_a_checksum_continued_on_a_second_line_is_named_with_its_line():
+    text = f"[default]\nversion = 4.20.0.0\n[kvm]\ntemplatename = a\nfilename = a.bz2\n" \
+           f"checksum = {MD5}\n  {MD5}\n"
+    with pytest.raises(MetadataError) as info:
+        metadata.parse(text, "m.ini")
+    assert info.value.problems == ["m.ini:6: [kvm] checksum: several values on several lines"]

@@ -32,3 +32,10 @@ def test_elsewhere_a_line_every_interval_with_fraction_and_rate(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "kvm.qcow2.bz2: 100% read (100 of 100 MiB, 10 MiB/s)"]
     assert isinstance(progress.start("x", 1, io.StringIO()), progress.LogLines)
+
+
+def test_under_dpkg_a_terminal_gets_log_lines_not_a_bar():
+    """apt runs dpkg on a pseudo-terminal: a bar would land in apt's output and term.log."""
+    dpkg = {"DPKG_MAINTSCRIPT_PACKAGE": "cloudstack-sysvm-seed"}
+    assert isinstance(progress.start("x", 1, Terminal(), environ=dpkg), progress.LogLines)
+    assert isinstance(progress.start("x", 1, Terminal(), environ={}), progress.Bar)
