@@ -3,9 +3,10 @@
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,26 @@ def test_unreachable_database_exits_4_without_the_password(tmp_path, templates, 
     assert "hunter2" not in err and "hunter2" not in log.read_text()
 
 
-@pytest.mark.parametrize("command", ["seed", "check", "doctor", "repair", "on-store-added"])
-def test_without_root_a_command_that_mounts_stops_before_anything(tmp_path, command):
+@pytest.fixture(scope="module")
+def readable_copy():
+    """The package where `nobody` can read it, for Debian's python3 (which has its
+    dependencies: scripts/setup installs them): a checkout under /root is not readable."""
+    directory = Path(tempfile.mkdtemp(prefix="sysvm-seed-nobody-"))
+    try:
+        directory.chmod(0o755)
+        shutil.copytree(REPO / "cloudstack_sysvm_seed", directory / "cloudstack_sysvm_seed",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in directory.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("command", ["seed", "check", "doctor", "repair", "on-store-added",
+                                     "watch", "prune"])
+def test_without_root_a_command_that_mounts_stops_before_anything(tmp_path, command,
+                                                                   readable_copy):
     """As `nobody`, for real: one message and exit 2, before db.properties or metadata.ini
     (which `nobody` cannot even read here) and before any mount."""
     if os.geteuid() != 0:
@@ -94,11 +113,11 @@ def test_without_root_a_command_that_mounts_stops_before_anything(tmp_path, comm
     extra = ["--store-id", "1"] if command == "on-store-added" else []
     done = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         sys.executable, "-m", "cloudstack_sysvm_seed", command, *extra,
+         "/usr/bin/python3", "-m", "cloudstack_sysvm_seed", command, *extra,
          "--db-properties", str(tmp_path / "db.properties"),
          "--templates-dir", str(tmp_path), "--mount-command", str(tmp_path / "never")],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
-        env=dict(os.environ, TMPDIR=str(tmp_path)))
+        capture_output=True, text=True, timeout=60, cwd=readable_copy,
+        env=dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(readable_copy)))
     assert done.returncode == errors.EXIT_USAGE, done.stderr
     uid = pwd.getpwnam("nobody").pw_uid
     assert done.stderr.splitlines() == [
