@@ -316,7 +316,7 @@ def test_a_failing_store_is_retried_with_backoff_and_logged_once_per_cause(
         time.sleep(0.1)  # that try's lines are written
 
     # The first failure says it all once: the mount's error, the report, the watch's line.
-    watch.wait_for(r" WARNING .*access denied", 20)
+    watch.wait_for(r" WARNING cloudstack_sysvm_seed\.watch: .*access denied", 20)  # its last
     told = watch.text().count("access denied")
     wait_tries(4)  # tried at 0, then 0.2, 0.4 and 0.8 s after each failure
     cause.write_text("mount.nfs: Connection timed out\n")  # a new cause: told once more
@@ -334,7 +334,7 @@ def test_a_failing_store_is_retried_with_backoff_and_logged_once_per_cause(
     assert "Next try in 0.2s, then twice as long each time up to 1h" in warned[0]
     assert watch.text().count("access denied") == told, watch.text()  # the retries: silent
 
-    watch.wait_for(r" WARNING .*Connection timed out", 20)  # the 5th try, 1.6 s later
+    watch.wait_for(r" WARNING cloudstack_sysvm_seed\.watch: .*Connection timed out", 20)  # 5th
     told = watch.text().count("Connection timed out")
     wait_tries(6)  # 3.2 s later
     assert watch.text().count("Connection timed out") == told, watch.text()
