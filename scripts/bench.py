@@ -664,6 +664,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--skip-rss", action="store_true", help="skip the peak RSS run")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a 64 MiB image, 1 repetition, a 128 MiB RSS image")
+    parser.add_argument("--curve", action="store_true",
+                        help="measure instead how a run grows with stores, zones and "
+                             "hypervisors, against the floor (bench_curve.py; its options: "
+                             "--curve --help)")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.repeat, args.rss_size = 64, 1, 128
@@ -679,6 +683,11 @@ def tmpfs_size(args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--curve" in argv:
+        import bench_curve  # scripts/ is sys.path[0]
+
+        return bench_curve.main(argv)
     args = parse_args(argv)
     started = time.monotonic()
     (args.work / "images").mkdir(parents=True, exist_ok=True)
