@@ -31,6 +31,7 @@ LOG = logging.getLogger(__name__)
 MEMORY_CHUNKS = 8  # of up to 1 MiB: the most a backlog holds in memory before it spills
 PASS_MEMORY_CHUNKS = 32  # about the most the backlogs of one pass hold in memory together
 SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
+ROOM_RECHECK = 1.0  # seconds before a spool disk found short is looked at again
 START_GRACE = 5.0  # how long the pass waits for every store to be checked before it begins
 _DATA = ("image", "member")  # operations that carry image bytes
 
@@ -283,6 +284,8 @@ class Backlog:
         self.spool_end = 0
         self.spilled = 0  # bytes that went through the spool, in all
         self.room_checked_at = -1  # spool_end when free space was last checked
+        self.room_checked_time = 0.0  # and when
+        self.room = True  # what that check found
         self.changed = threading.Condition()
 
     def put(self, kind: str, data, timeout: float = 0) -> bool:
@@ -352,14 +355,19 @@ class Backlog:
         return True
 
     def _room_on_disk(self) -> bool:
-        # statvfs every 64 MiB of spool, not every chunk.
-        if self.room_checked_at >= 0 and self.spool_end - self.room_checked_at < (64 << 20):
-            return True
-        self.room_checked_at = self.spool_end
+        # statvfs every 64 MiB of spool, not every chunk; once short, every ROOM_RECHECK
+        # seconds (the spool does not grow meanwhile), and no spilling in between.
+        if self.room_checked_at >= 0:
+            if self.room and self.spool_end - self.room_checked_at < (64 << 20):
+                return True
+            if not self.room and time.monotonic() - self.room_checked_time < ROOM_RECHECK:
+                return False
+        self.room_checked_at, self.room_checked_time = self.spool_end, time.monotonic()
         try:
-            return stores.free_bytes(self.spool_dir) >= SPOOL_RESERVE
+            self.room = stores.free_bytes(self.spool_dir) >= SPOOL_RESERVE
         except OSError:
-            return True  # not there yet: makedirs will say
+            self.room = True  # not there yet: makedirs will say
+        return self.room
 
 
 def _close(stream: Optional[object]) -> None:

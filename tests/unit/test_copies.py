@@ -243,3 +243,13 @@ def test_a_spool_that_cannot_be_made_means_waiting_not_failing(tmp_path, caplog)
     assert not backlog.put("image", b"x", timeout=0.05)  # waited for room, found none
     assert "Cannot spill a store's backlog to" in caplog.text
     assert [backlog.get() for _ in range(copies.MEMORY_CHUNKS)] == [("image", b"x")] * 8
+
+
+def test_a_spool_disk_found_short_is_not_written_on_the_next_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(copies, "SPOOL_RESERVE", 1 << 62)
+    backlog = copies.Backlog(str(tmp_path))
+    for _ in range(copies.MEMORY_CHUNKS):
+        assert backlog.put("image", b"x")
+    for _ in range(3):
+        assert not backlog.put("image", b"x", timeout=0.02)
+    assert backlog.spool is None and backlog.spilled == 0
