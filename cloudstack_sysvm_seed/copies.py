@@ -6,6 +6,14 @@ an unlinked file on local disk. So a slow store never slows the pass, nor the ot
 and memory stays bounded whatever the lag. (When local disk is short the backlog stops
 spilling and the pass waits for that store instead.)
 
+Every store gets the same chunk objects, so a chunk that several backlogs hold costs its
+memory once. A store that is keeping up (it wrote a chunk within PROGRESS_WINDOW and has
+nothing spilled) and is only a few chunks behind, as threads are when many stores share a
+few cores, may hold chunks beyond its own share out of one allowance for the pass
+(SHARED_CHUNKS, each chunk counted once however many stores hold it), instead of spilling
+what it will write a moment later: on a busy machine spilling is work the stores' copies
+then wait for.
+
 A store that stops making progress (a dead NFS server on a hard mount blocks write(2) for
 good) is declared stalled after `stall_timeout` and abandoned, so the run can go on.
 """
@@ -30,8 +38,10 @@ LOG = logging.getLogger(__name__)
 
 MEMORY_CHUNKS = 8  # of up to 1 MiB: the most a backlog holds in memory before it spills
 PASS_MEMORY_CHUNKS = 32  # about the most the backlogs of one pass hold in memory together
-SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
+SHARED_CHUNKS = 16  # beyond those, what stores keeping up may hold of one pass, counted once
+PROGRESS_WINDOW = 1.0  # seconds: a store that wrote a chunk this recently is keeping up
 ROOM_RECHECK = 1.0  # seconds before a spool disk found short is looked at again
+SPOOL_RESERVE = 1 << 30  # spill only while the spool's file system keeps this much free
 START_GRACE = 5.0  # how long the pass waits for every store to be checked before it begins
 _DATA = ("image", "member")  # operations that carry image bytes
 
@@ -61,7 +71,8 @@ class CopyWriter:
         self.started = threading.Event()  # the store was checked: stage made, or an error
         self.finished = threading.Event()
         self.busy_since: Optional[float] = None  # when the operation under way began
-        self.backlog = Backlog(spool_dir, memory_chunks)
+        self.wrote_at: Optional[float] = None  # when a chunk of data was last written
+        self.backlog = Backlog(spool_dir, memory_chunks, self.pool.shared)
         self.backlog.put("start", None)
         self.thread = threading.Thread(target=self._work, daemon=True,
                                        name=f"store-{step.store.id}")
@@ -127,8 +138,13 @@ class CopyWriter:
     def _send(self, kind: str, data) -> None:
         if self.settled():
             return  # failed or stalled: the reader goes on without this store
-        if not self.backlog.put(kind, data, self.stall_timeout):
+        if not self.backlog.put(kind, data, self.stall_timeout, self.keeping_up()):
             self._stall()
+
+    def keeping_up(self) -> bool:
+        """The store wrote a chunk within PROGRESS_WINDOW: it is writing, not stuck."""
+        wrote = self.wrote_at
+        return wrote is not None and time.monotonic() - wrote < PROGRESS_WINDOW
 
     def _stall(self) -> None:
         self.stalled = True
@@ -164,6 +180,8 @@ class CopyWriter:
         self.busy_since = time.monotonic()
         try:
             self._do(kind, data)
+            if kind in _DATA:
+                self.wrote_at = time.monotonic()
         except (OSError, SeedError) as exc:
             self.error = (store_error(exc, self.step) if isinstance(exc, OSError)
                           else str(exc))
@@ -211,10 +229,12 @@ def memory_share(writers: int) -> int:
 
 class WriterPool:
     """The writers of one run, and the condition each one signals when its copy is whole or
-    given up, so that the reading thread sleeps until there is something to publish."""
+    given up, so that the reading thread sleeps until there is something to publish; and
+    the allowance its stores that keep up share (see SharedChunks)."""
 
-    def __init__(self):
+    def __init__(self, shared_chunks: int = SHARED_CHUNKS):
         self.settled = threading.Condition()
+        self.shared = SharedChunks(shared_chunks)
 
     def notify(self) -> None:
         with self.settled:
@@ -264,21 +284,62 @@ def _report_lagging(writers: list[CopyWriter]) -> None:
                  writer.backlog.pending >> 20)
 
 
+class SharedChunks:
+    """Chunks that backlogs hold in memory beyond their own share, at most `limit` of them:
+    a chunk counts once however many backlogs hold it (the reader hands every store the
+    same object), and leaves the count when the last of them has taken it out."""
+
+    def __init__(self, limit: int = SHARED_CHUNKS):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.held: dict[int, list] = {}  # id(chunk) -> [chunk, backlogs holding it]
+
+    def take(self, chunk: bytes) -> bool:
+        """Count one more backlog holding `chunk`; False when that needs a chunk more than
+        the limit."""
+        with self.lock:
+            entry = self.held.get(id(chunk))
+            if entry is None:
+                if len(self.held) >= self.limit:
+                    return False
+                self.held[id(chunk)] = [chunk, 1]  # the reference keeps the id unique
+            else:
+                entry[1] += 1
+            return True
+
+    def release(self, chunk: bytes) -> None:
+        with self.lock:
+            entry = self.held[id(chunk)]
+            entry[1] -= 1
+            if not entry[1]:
+                del self.held[id(chunk)]
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+
 class _Spooled(NamedTuple):
     offset: int
     length: int
 
 
+class _Shared(NamedTuple):
+    chunk: bytes  # held beyond the backlog's share, counted in its pass's SharedChunks
+
+
 class Backlog:
     """Operations handed to a writer and not yet done, in order: up to `memory_chunks` of
-    data in memory, the rest in an unlinked file in `spool_dir`, which no crash can leave
-    behind."""
+    data in memory (more out of `shared` while the writer keeps up), the rest in an
+    unlinked file in `spool_dir`, which no crash can leave behind."""
 
-    def __init__(self, spool_dir: Optional[str], memory_chunks: int = MEMORY_CHUNKS):
+    def __init__(self, spool_dir: Optional[str], memory_chunks: int = MEMORY_CHUNKS,
+                 shared: Optional[SharedChunks] = None):
         self.spool_dir = spool_dir
         self.memory_chunks = memory_chunks
+        self.shared = shared
         self.items: collections.deque = collections.deque()
-        self.in_memory = 0  # data operations held in memory
+        self.in_memory = 0  # data operations held in memory, out of memory_chunks
+        self.in_shared = 0  # data operations held in memory beyond them, out of `shared`
         self.pending = 0  # bytes not yet handed to the writer
         self.spool = None  # an unlinked file, opened on the first spill
         self.spool_end = 0
@@ -288,10 +349,17 @@ class Backlog:
         self.room = True  # what that check found
         self.changed = threading.Condition()
 
-    def put(self, kind: str, data, timeout: float = 0) -> bool:
-        """Queue an operation; False when it found no room within `timeout`."""
+    def put(self, kind: str, data, timeout: float = 0, keeping_up: bool = False) -> bool:
+        """Queue an operation; False when it found no room within `timeout`. `keeping_up`:
+        the writer is writing, a few chunks behind (see SharedChunks)."""
         with self.changed:
             if kind in _DATA and self.in_memory >= self.memory_chunks:
+                if self._share(data, keeping_up):
+                    self.items.append((kind, _Shared(data)))
+                    self.in_shared += 1
+                    self.pending += len(data)
+                    self.changed.notify_all()
+                    return True
                 if self._spill(kind, data):
                     return True
                 if not self.changed.wait_for(lambda: self.in_memory < self.memory_chunks,
@@ -311,6 +379,10 @@ class Backlog:
             kind, data = self.items.popleft()
             if isinstance(data, _Spooled):
                 data = os.pread(self.spool.fileno(), data.length, data.offset)
+            elif isinstance(data, _Shared):
+                data = data.chunk
+                self.in_shared -= 1
+                self.shared.release(data)
             elif kind in _DATA:
                 self.in_memory -= 1
             if kind in _DATA:
@@ -324,8 +396,11 @@ class Backlog:
     def drop(self) -> None:
         """Forget everything not yet done (the copy is given up)."""
         with self.changed:
+            for _, data in self.items:
+                if isinstance(data, _Shared):
+                    self.shared.release(data.chunk)
             self.items.clear()
-            self.in_memory = self.pending = 0
+            self.in_memory = self.in_shared = self.pending = 0
             self.changed.notify_all()
 
     def close(self) -> None:
@@ -333,6 +408,12 @@ class Backlog:
             if self.spool is not None:
                 self.spool.close()
                 self.spool, self.spool_end = None, 0
+
+    def _share(self, data: bytes, keeping_up: bool) -> bool:
+        """Hold `data` beyond the share, out of the pass's allowance: only for a writer that
+        keeps up and has nothing spilled (a store behind by more is slow: it spills)."""
+        return (keeping_up and self.shared is not None and not self.spool_end
+                and self.shared.take(data))
 
     def _spill(self, kind: str, data: bytes) -> bool:
         if not self.spool_dir or not self._room_on_disk():

@@ -245,6 +245,75 @@ def test_a_spool_that_cannot_be_made_means_waiting_not_failing(tmp_path, caplog)
     assert [backlog.get() for _ in range(copies.MEMORY_CHUNKS)] == [("image", b"x")] * 8
 
 
+def test_stores_keeping_up_share_one_allowance_instead_of_spilling(tmp_path):
+    """Stores that write, only some chunks behind (threads short of a core), hold chunks
+    beyond their share out of one allowance for the pass, each chunk counted once however
+    many hold it; past the allowance they spill, and every byte arrives in order."""
+    pool = copies.WriterPool()
+    writers = []
+    for n in range(4):
+        writer = gated_writer(tmp_path / f"s{n}", pool=pool)
+        writer.backlog.memory_chunks = 2
+        writer.stream.gate.set()
+        writers.append(writer)
+    chunks = [bytes([n]) * 1000 for n in range(2 + 2 + copies.SHARED_CHUNKS + 5)]
+    for writer in writers:
+        writer.write(chunks[0])
+    for writer in writers:
+        while writer.wrote_at is None:  # it has written: it keeps up
+            time.sleep(0.01)
+        writer.stream.gate.clear()
+        writer.write(chunks[1])
+        while writer.busy_since is None:  # it holds the second chunk, at the gate
+            time.sleep(0.01)
+    for chunk in chunks[2:]:
+        for writer in writers:
+            writer.write(chunk)
+    assert len(pool.shared) == copies.SHARED_CHUNKS  # one count for four stores
+    for writer in writers:
+        assert (writer.backlog.in_memory, writer.backlog.in_shared) == (2, copies.SHARED_CHUNKS)
+        assert writer.backlog.spool_end == 5 * 1000
+    for writer in writers:
+        writer.stream.gate.set()
+        writer.finish()
+        assert writer.error == ""
+        (image,) = Path(writer.root).glob(".cloudstack-sysvm-seed/stage/*/a.qcow2")
+        assert image.read_bytes() == b"".join(chunks)
+    assert len(pool.shared) == 0
+
+
+def test_a_backlog_with_something_spilled_takes_no_shared_chunk(tmp_path):
+    shared = copies.SharedChunks(2)
+    backlog = copies.Backlog(str(tmp_path), memory_chunks=1, shared=shared)
+    chunks = [bytes([n]) * 10 for n in range(6)]
+    assert backlog.put("image", chunks[0], keeping_up=True)  # its own share
+    assert backlog.put("image", chunks[1], keeping_up=True)  # shared
+    assert backlog.put("image", chunks[2], keeping_up=True)  # shared
+    assert backlog.put("image", chunks[3], keeping_up=True)  # allowance spent: spilled
+    assert (backlog.in_memory, backlog.in_shared, backlog.spool_end) == (1, 2, 10)
+    assert backlog.get() == ("image", chunks[0])
+    assert backlog.get() == ("image", chunks[1])  # a shared chunk back: the allowance has room
+    assert len(shared) == 1
+    assert backlog.put("image", chunks[4], keeping_up=True)  # own share again
+    assert backlog.put("image", chunks[5], keeping_up=True)  # behind its spool: spilled too
+    assert (backlog.in_shared, backlog.spool_end) == (1, 20)
+    assert [backlog.get() for _ in range(4)] == [("image", c) for c in chunks[2:]]
+    assert len(shared) == 0 and backlog.spool_end == 0
+    backlog.close()
+
+
+def test_a_store_not_keeping_up_gets_no_shared_chunk_and_a_dropped_backlog_gives_them_back():
+    shared = copies.SharedChunks(4)
+    backlog = copies.Backlog(None, memory_chunks=1, shared=shared)
+    assert backlog.put("image", b"a")
+    assert not backlog.put("image", b"b", timeout=0.05)  # not keeping up: no allowance
+    assert backlog.put("image", b"b", keeping_up=True)
+    assert backlog.put("member", b"c", keeping_up=True)
+    assert len(shared) == 2
+    backlog.drop()
+    assert len(shared) == 0 and backlog.in_shared == 0
+
+
 def test_a_spool_disk_found_short_is_not_written_on_the_next_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(copies, "SPOOL_RESERVE", 1 << 62)
     backlog = copies.Backlog(str(tmp_path))
