@@ -368,15 +368,23 @@ class TreePeak(threading.Thread):
         self.peak_kib = 0  # the tool and its children, the stand-ins left out
         self.helpers_kib = 0  # the stand-ins' largest sum at one moment
         self.peak_parts: Dict[str, int] = {}  # program name -> KiB, at the peak
+        self.cmdline = b""
         self.done = threading.Event()
         self.page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
 
     def run(self) -> None:
+        try:
+            with open(f"/proc/{self.pid}/cmdline", "rb") as handle:
+                self.cmdline = handle.read()
+        except OSError:
+            return
         while not self.done.wait(SAMPLE_EVERY):
             ours = helpers = 0
             parts: Dict[str, int] = {}
             for pid in self._tree(self.pid):
                 rss, name, stand_in = self._rss_kib(pid)
+                if name is None:
+                    continue  # forked, not yet exec'd: the tool's pages, counted once
                 if stand_in:
                     helpers += rss
                 else:
@@ -399,8 +407,9 @@ class TreePeak(threading.Thread):
                 continue
         return found
 
-    def _rss_kib(self, pid: int) -> Tuple[int, str, bool]:
-        """(RSS, program name, whether it is a mount stand-in)."""
+    def _rss_kib(self, pid: int) -> Tuple[int, Optional[str], bool]:
+        """(RSS, program name (None: a fork of the tool before its exec), whether it is a
+        mount stand-in)."""
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 argv = handle.read()
@@ -408,6 +417,8 @@ class TreePeak(threading.Thread):
                 rss = int(handle.read().split()[1]) * self.page_kib
         except (OSError, IndexError, ValueError):
             return 0, "", False
+        if pid != self.pid and argv == self.cmdline:
+            return 0, None, False
         names = {os.path.basename(arg) for arg in argv.split(b"\0")[:3]}
         name = "tool" if pid == self.pid else os.path.basename(argv.split(b"\0")[0]).decode(
             errors="replace")
@@ -702,12 +713,14 @@ def mb(kib: int) -> float:
     return kib * 1024 / 1e6
 
 
-def measure(bed: CurveBed, templates: Templates, point: Point, repeat: int) -> Result:
+def measure(bed: CurveBed, templates: Templates, point: Point, repeat: int,
+            upstream: bool = True) -> Result:
     result = Result(point)
-    who_all = ["ours", "floor", "baseline"]
+    who_all = ["ours", "floor", "baseline"] if upstream else ["ours", "floor"]
     for rep in range(repeat):
         result.load.append(os.getloadavg()[0])
-        order = who_all[rep % 3:] + who_all[:rep % 3]
+        turn = rep % len(who_all)
+        order = who_all[turn:] + who_all[:turn]
         for who in order:
             stores = bed.fresh_point(point)
             if who == "ours":
@@ -878,6 +891,7 @@ def plot(data: dict, path: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.ticker
         from matplotlib import pyplot
     except ImportError:
         print("bench: matplotlib is not installed (pip install -e '.[bench]'): no plot",
@@ -906,14 +920,17 @@ def plot(data: dict, path: Path) -> None:
                 axis.plot(*zip(*pairs), style, label=label)
         axis.plot(xs, [RATIO_TARGET * r["floor_s"] for r in rows], color="grey",
                   linewidth=0.8, label=f"{RATIO_TARGET}x the floor")
-        axis.set_title(title)
-        axis.set_ylabel("wall time, s")
+        axis.set_title(title, fontsize=10)
+        axis.set_ylabel("wall time, s (log scale)")
+        axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         axis.set_xticks(xs)
-        axis.grid(alpha=0.3)
+        axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
     m = data["machine"]
-    figure.suptitle(f"cloudstack-sysvm-seed: {data['image']}; {m['nproc']} x {m['cpu']}, "
-                    f"median of {data['repeat']}", fontsize=10)
+    figure.suptitle(f"cloudstack-sysvm-seed against the floor and upstream's path: "
+                    f"{m['nproc']} x {m['cpu']}, median of {data['repeat']}\n"
+                    f"{data['image']}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     pyplot.close(figure)
@@ -973,6 +990,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "WORK/curve-quick with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 16 MiB images, 1 repetition, fewer points")
+    parser.add_argument("--skip-upstream", action="store_true",
+                        help="time only our tool and the floor (upstream's path takes the "
+                             "longest)")
+    parser.add_argument("--redraw", type=Path, metavar="JSON",
+                        help="measure nothing: write the Markdown and the plot again from "
+                             "a curve.json (into --out)")
     args = parser.parse_args(argv)
     args.series = [s.strip() for s in args.series.split(",") if s.strip()]
     unknown = set(args.series) - set(SERIES)
@@ -989,6 +1012,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.redraw:
+        data = json.loads(args.redraw.read_text())
+        write_outputs(args.out, data)
+        print_summary(data)
+        return 0
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     (args.work / "images").mkdir(parents=True, exist_ok=True)
@@ -1018,7 +1046,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if nfs_most:
             bed.start_nfs(nfs_most, nfs_most * kvm.sources[0].store_bytes * 2 + (1 << 30))
         for point in wanted:
-            results.append(measure(bed, templates_of(point), point, args.repeat))
+            results.append(measure(bed, templates_of(point), point, args.repeat,
+                                   not args.skip_upstream))
         if "noop" in args.series:
             for lean in (True, False):
                 for per_zone in (2, 5):
