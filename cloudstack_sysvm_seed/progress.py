@@ -10,17 +10,12 @@ the bar can show a fraction and a time to go; decompressed sizes are not known u
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
 import time
 from typing import Callable, Mapping, Optional, Protocol, TextIO
-
-try:
-    import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-except ImportError:  # a bare install still works, with log lines only
-    tqdm = None
 
 LOG = logging.getLogger(__name__)
 
@@ -39,9 +34,15 @@ def start(label: str, total: int, stream: Optional[TextIO] = None,
     and tqdm is installed."""
     stream = stream or sys.stderr
     environ = os.environ if environ is None else environ
-    if tqdm is not None and stream.isatty() and not under_package_manager(environ):
+    if stream.isatty() and not under_package_manager(environ) and _have_tqdm():
         return Bar(label, total, stream)
     return LogLines(label, total)
+
+
+def _have_tqdm() -> bool:
+    # Imported by Bar, only on a terminal: tqdm costs ~40 ms of every run's start. A bare
+    # install without it still works, with log lines only.
+    return importlib.util.find_spec("tqdm") is not None
 
 
 def under_package_manager(environ: Mapping[str, str]) -> bool:
@@ -54,6 +55,9 @@ class Bar:
     """A tqdm bar; log records go through tqdm meanwhile, so they print above the bar."""
 
     def __init__(self, label: str, total: int, stream: TextIO):
+        import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         self.redirect = contextlib.ExitStack()
         self.redirect.enter_context(logging_redirect_tqdm())
         self.bar = tqdm.tqdm(total=total, desc=label, file=stream, unit="B", unit_scale=True,

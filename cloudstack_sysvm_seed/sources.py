@@ -9,9 +9,6 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
-import requests
-import tenacity
-
 from .checksum import Checksum
 from .errors import SourceError
 from .metadata import Metadata, TemplateSpec
@@ -83,6 +80,8 @@ def fetch(source: Source, checksum: Optional[Checksum], settings: DownloadSettin
 
     :raises SourceError: after the attempts are used up, on a 4xx, or on a checksum mismatch.
     """
+    import tenacity  # here, not at the top: most runs download nothing (~10 ms to import)
+
     os.makedirs(os.path.dirname(source.path), mode=0o755, exist_ok=True)
     part = source.path + ".part"
     progress = _Progress(part, checksum)
@@ -146,6 +145,8 @@ class _NoHash:
 
 
 def _fetch_once(url: str, progress: _Progress, settings: DownloadSettings) -> None:
+    import requests  # here, not at the top: ~55 ms of every run's start, for a download
+
     headers = {"Range": f"bytes={progress.size}-"} if progress.size else {}
     try:
         response = requests.get(url, headers=headers, stream=True,
@@ -168,7 +169,9 @@ def _fetch_once(url: str, progress: _Progress, settings: DownloadSettings) -> No
         _append(response, progress)
 
 
-def _append(response: requests.Response, progress: _Progress) -> None:
+def _append(response, progress: _Progress) -> None:
+    import requests
+
     try:
         with open(progress.part, "ab") as stream:
             for chunk in response.iter_content(_CHUNK):

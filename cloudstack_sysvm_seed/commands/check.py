@@ -8,8 +8,6 @@ import json
 import logging
 from dataclasses import dataclass
 
-import requests
-
 from .. import checksum, errors, images, lock, plan, sources, stores
 from ..catalog import Catalog
 from ..errors import SeedError
@@ -127,6 +125,8 @@ def _intact(source: sources.Source, spec) -> str:
 
 
 def _reachable(source: sources.Source, settings) -> str:
+    import requests  # only when a bundled file is missing (see sources._fetch_once)
+
     try:
         response = requests.head(source.url, allow_redirects=True,
                                  timeout=(settings.connect_timeout, settings.read_timeout))
