@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from testbed.processes import still_running
 
 
 def stage_files(exports):
@@ -68,22 +69,6 @@ def hanging_mount(tmp_path):
 
 def mount_pids(pids):
     return [int(p) for f in pids.iterdir() for p in f.read_text().split()]
-
-
-def running(pid):
-    """The process exists and is not a zombie (a killed orphan waits for init to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def still_running(pids, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while any(running(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [p for p in pids if running(p)]
 
 
 def test_a_mount_timeout_kills_the_mount_command_and_what_it_forked(world, stores_root,

@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+from testbed.processes import still_running
 
 from cloudstack_sysvm_seed import runner, signals
 from cloudstack_sysvm_seed.errors import CommandFailed
@@ -58,20 +59,8 @@ def test_a_program_that_cannot_start_is_named(tmp_path):
 # --- process groups: nothing a child started outlives it -------------------------------------
 
 
-def running(pid):
-    """The process exists and is not a zombie (a killed orphan waits for init to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def gone_soon(pid, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while running(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not running(pid)
+    return not still_running([pid], seconds)
 
 
 # A mount command that forks a helper (as mount does mount.nfs) and hangs with it; the
