@@ -954,18 +954,20 @@ def plot(data: dict, path: Path) -> None:
         else:
             xs = [r["stores"] for r in rows]
             axis.set_xlabel("stores")
-        for key, label, style in (("upstream_s", "upstream's per-store path", "s:"),
-                                  ("ours_s", "cloudstack-sysvm-seed", "o-"),
-                                  ("floor_s", "floor (decompress once + cp)", "^--")):
+        for key, label, style, color in (
+                ("upstream_s", "upstream's per-store path", "s:", "tab:blue"),
+                ("ours_s", "cloudstack-sysvm-seed", "o-", "tab:orange"),
+                ("floor_s", "floor (decompress once + cp)", "^--", "tab:green")):
             pairs = [(x, r[key]) for x, r in zip(xs, rows) if r[key] is not None]
             if pairs:
-                axis.plot(*zip(*pairs), style, label=label)
+                axis.plot(*zip(*pairs), style, label=label, color=color)
         axis.plot(xs, [RATIO_TARGET * r["floor_s"] for r in rows], color="grey",
                   linewidth=0.8, label=f"{RATIO_TARGET}x the floor")
         axis.set_title(title, fontsize=10)
         axis.set_ylabel("wall time, s (log scale)")
         axis.set_yscale("log")
         axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         axis.set_xticks(xs)
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
