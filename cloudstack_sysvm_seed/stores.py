@@ -316,7 +316,17 @@ class Stage:
 
 
 def sweep_stages(root: str) -> int:
-    """Remove every stage on a store; only call this while holding the registration lock."""
+    """Remove every stage on a store, and the probe files of killed runs (check_writable);
+    only call this while holding the registration lock. Returns the stages removed."""
+    try:
+        probes = [n for n in os.listdir(root) if n.startswith(PROBE_PREFIX)]
+    except OSError:
+        probes = []  # a store that cannot be listed: its writer's check will name it
+    for name in probes:
+        try:
+            os.remove(os.path.join(root, name))
+        except OSError:
+            pass  # gone already, or not removable: a 5-byte file harms nothing
     parent = stage_dir(root)
     try:
         names = os.listdir(parent)
@@ -359,13 +369,13 @@ def check_writable(root: str, label: str) -> None:
 
     :raises StoreError: with the cause and the likely fix.
     """
-    path = os.path.join(root, PROBE_PREFIX + uuid.uuid4().hex)
     try:
-        with open(path, "xb") as stream:
-            stream.write(b"probe")
-            fsync_file(stream)
-        owner = os.stat(path).st_uid
-        os.remove(path)
+        try:
+            owner = _probe_owner(root)
+        except FileNotFoundError:
+            # `check` probes without the lock, so a run holding it may have just swept the
+            # file as a killed run's (sweep_stages): once more.
+            owner = _probe_owner(root)
     except OSError as exc:
         raise StoreError(f"{label} cannot be written: {exc.strerror}.", _write_hint(exc)) from exc
     if os.geteuid() == 0 and owner != 0:
@@ -373,6 +383,17 @@ def check_writable(root: str, label: str) -> None:
             f"{label} stores files written by root as uid {owner}.",
             "The export squashes root (root_squash) or NFSv4 id mapping maps root to nobody: "
             "export it with no_root_squash to this host, or fix the idmapd Domain.")
+
+
+def _probe_owner(root: str) -> int:
+    """Write, sync and remove a probe file on `root`; the owner the store gave it."""
+    path = os.path.join(root, PROBE_PREFIX + uuid.uuid4().hex)
+    with open(path, "xb") as stream:
+        stream.write(b"probe")
+        fsync_file(stream)
+    owner = os.stat(path).st_uid
+    os.remove(path)
+    return owner
 
 
 def _write_hint(exc: OSError) -> str:

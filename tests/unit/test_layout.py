@@ -286,6 +286,29 @@ def test_sweep_stages_removes_every_stage_and_the_empty_work_dir(store):
     assert stores.sweep_stages(ROOT) == 0
 
 
+def test_sweep_stages_removes_the_probe_files_of_killed_runs_and_nothing_else(store):
+    store.create_file(f"{ROOT}/{stores.PROBE_PREFIX}0123abcd", contents=b"probe")
+    store.create_file(f"{ROOT}/.cloudstack-sysvm-seed-notes", contents=b"theirs")
+    store.create_file(f"{TMPL}/7/a.qcow2")
+    assert stores.sweep_stages(ROOT) == 0
+    assert sorted(os.listdir(ROOT)) == [".cloudstack-sysvm-seed-notes", "template"]
+
+
+def test_a_probe_swept_away_by_a_run_holding_the_lock_is_made_again(store, monkeypatch):
+    real_stat, swept = os.stat, []
+
+    def stat_after_a_sweep(path, *args, **kwargs):
+        if stores.PROBE_PREFIX in str(path) and not swept:
+            swept.append(path)
+            os.remove(path)  # as sweep_stages in another run would
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_after_a_sweep)
+    stores.check_writable(ROOT, "store 1")
+    assert len(swept) == 1
+    assert [n for n in os.listdir(ROOT) if n.startswith(stores.PROBE_PREFIX)] == []
+
+
 def test_sweep_stages_keeps_aside(store):
     store.create_dir(f"{STAGES}/aaa")
     store.create_file(f"{ASIDE}/7-x/a.qcow2")
