@@ -45,14 +45,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import bench
-from bench import FORM, MIB, RECIPE, REPO, VERSION, run
 from testbed import cloud, images, mounts, trace
 from testbed.nfs import harness as nfs_harness
 from testbed.nfs import server as nfs_server
 
 from cloudstack_sysvm_seed import copies
 from cloudstack_sysvm_seed import images as tool_images
+
+import bench
+from bench import FORM, MIB, RECIPE, REPO, VERSION, run
 
 ALL_HYPERVISORS = ("kvm", "vmware", "xenserver", "hyperv")
 DB_NAMES = {"kvm": "KVM", "vmware": "VMware", "xenserver": "XenServer", "hyperv": "Hyperv"}
