@@ -30,7 +30,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from testbed import cloud, images, mounts, trace
 from testbed.mariadb import MariaDB
@@ -225,26 +225,35 @@ class Bed:
         self.staging.mkdir(parents=True)
         self.server.start()
 
-    def fresh(self, zones: int, stores_per_zone: int) -> List[Path]:
-        """A new `cloud` database with `zones` KVM zones of `stores_per_zone` NFS stores
-        each, and empty store directories; returns those directories."""
+    def fresh(self, zones: int, stores_per_zone: int, clusters: Sequence[str] = ("KVM",),
+              place: Optional[Callable[[int, int, int], Tuple[str, Path]]] = None
+              ) -> List[Path]:
+        """A new `cloud` database with `zones` zones, each with a cluster per hypervisor of
+        `clusters` and `stores_per_zone` NFS stores, and empty store directories; returns
+        those directories. `place(zone, store, index)` gives a store's URL and directory
+        (default: one on our tmpfs, see _tmpfs_store)."""
         self._wipe_stores()
         if self.db:
             self.db.close()
         self.db = cloud.create_cloud(self.server, "4.20", "cloud",
                                      self.run_dir / "db.properties")
-        stores = []
+        place = place or self._tmpfs_store
+        stores: List[Path] = []
         for z in range(1, zones + 1):
             zone = self.db.builder.zone(f"zone-{z}")
-            self.db.builder.cluster(zone, "KVM")
+            for hypervisor in clusters:
+                self.db.builder.cluster(zone, hypervisor)
             for s in range(1, stores_per_zone + 1):
-                host = f"10.{z}.0.{s}"
-                self.db.builder.store(zone, f"nfs://{host}/export/secondary",
-                                      name=f"nfs-{z}-{s}")
-                stores.append(self.nfs_root / host / "export" / "secondary")
-        for store in stores:
-            store.mkdir(parents=True)
+                url, directory = place(z, s, len(stores))
+                self.db.builder.store(zone, url, name=f"nfs-{z}-{s}")
+                stores.append(directory)
         return stores
+
+    def _tmpfs_store(self, zone: int, store: int, index: int) -> Tuple[str, Path]:
+        host = f"10.{zone}.0.{store}"
+        directory = self.nfs_root / host / "export" / "secondary"
+        directory.mkdir(parents=True)
+        return f"nfs://{host}/export/secondary", directory
 
     def ready_copies(self) -> int:
         rows = self.db.query("SELECT COUNT(*) AS n FROM template_store_ref "

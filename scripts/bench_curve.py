@@ -37,6 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from testbed import cloud, images, mounts, trace
+from testbed import images, mounts, trace
 from testbed.nfs import harness as nfs_harness
 from testbed.nfs import server as nfs_server
 
@@ -149,7 +150,7 @@ def _build_others(scratch: Path, kvm: bench.Image, mib: int) -> List[dict]:
         record.append({"hypervisor": hv, "bundle": name(hv).name,
                        "kind": "bzip2" if hv == "xenserver" else "zip", "image_bytes": size})
     bench.write_raw(raw, mib, 9)
-    members = _build_ova(scratch, raw, name("vmware"), mib)
+    members = _build_ova(raw, name("vmware"), mib)
     raw.unlink()
     record.append({"hypervisor": "vmware", "bundle": name("vmware").name, "kind": "ova",
                    "image_bytes": name("vmware").stat().st_size, "members": members})
@@ -159,37 +160,11 @@ def _build_others(scratch: Path, kvm: bench.Image, mib: int) -> List[dict]:
     return record
 
 
-_OVF = """<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
-  <References><File ovf:href="{disk}" ovf:id="file1" ovf:size="{size}"/></References>
-  <DiskSection><Info>Virtual disk information</Info>
-    <Disk ovf:capacity="{mib}" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1"
-      ovf:fileRef="file1"
-      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
-  </DiskSection>
-  <VirtualSystem ovf:id="systemvm"><Info>A SystemVM template</Info></VirtualSystem>
-</Envelope>
-"""
-
-
-def _build_ova(scratch: Path, raw: Path, target: Path, mib: int) -> Dict[str, int]:
-    """An OVA as VMware's: the OVF, the manifest, then a streamOptimized vmdk of `raw`."""
-    work = scratch / "ova"
-    work.mkdir()
-    disk = work / "systemvm-disk1.vmdk"
-    run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
-         "subformat=streamOptimized", raw, disk])
-    ovf = work / "systemvm.ovf"
-    ovf.write_text(_OVF.format(disk=disk.name, size=disk.stat().st_size, mib=mib))
-    manifest = work / "systemvm.mf"
-    manifest.write_text("".join(f"SHA256({f.name})= {images.file_digest(f, 'sha256')}\n"
-                                for f in (ovf, disk)))
-    run(["tar", "--format=ustar", "-cf", target, "-C", work, ovf.name, manifest.name,
-         disk.name])
-    members = {f.name: f.stat().st_size for f in (ovf, manifest, disk)}
-    shutil.rmtree(work)
-    return members
+def _build_ova(raw: Path, target: Path, mib: int) -> Dict[str, int]:
+    """An OVA as VMware's (the test bed's) of `raw`; its members' sizes, by name."""
+    images.make_ova(target, mib << 20, disk_name="systemvm-disk1.vmdk", content=raw)
+    with tarfile.open(target) as archive:
+        return {member.name: member.size for member in archive.getmembers()}
 
 
 # -- the beds -------------------------------------------------------------------------------
@@ -245,31 +220,15 @@ class CurveBed(bench.Bed):
     def fresh_point(self, point: Point) -> List[Path]:
         """A new `cloud` database for the point and its stores, empty; returns the stores'
         directories (as this process reaches them)."""
-        if point.bed == "nfs":
-            self._wipe_exports()
-        else:
-            self._wipe_stores()
-        if self.db:
-            self.db.close()
-        self.db = cloud.create_cloud(self.server, "4.20", "cloud",
-                                     self.run_dir / "db.properties")
-        stores = []
-        for z in range(1, point.zones + 1):
-            zone = self.db.builder.zone(f"zone-{z}")
-            for hv in point.hypervisors:
-                self.db.builder.cluster(zone, DB_NAMES[hv])
-            for s in range(1, point.per_zone + 1):
-                if point.bed == "nfs":
-                    export = self.exports[len(stores)]
-                    url = self.lab.url(self.ganesha, f"/export/s{len(stores) + 1}")
-                else:
-                    host = f"10.{z}.0.{s}"
-                    url = f"nfs://{host}/export/secondary"
-                    export = self.nfs_root / host / "export" / "secondary"
-                    export.mkdir(parents=True)
-                self.db.builder.store(zone, url, name=f"nfs-{z}-{s}")
-                stores.append(export)
-        return stores
+        clusters = [DB_NAMES[hv] for hv in point.hypervisors]
+        if point.bed != "nfs":
+            return self.fresh(point.zones, point.per_zone, clusters)
+        self._wipe_exports()
+        return self.fresh(point.zones, point.per_zone, clusters, self._export)
+
+    def _export(self, zone: int, store: int, index: int) -> Tuple[str, Path]:
+        """The URL and directory of the `index`th store: ganesha's export s<index + 1>."""
+        return self.lab.url(self.ganesha, f"/export/s{index + 1}"), self.exports[index]
 
     def _wipe_exports(self) -> None:
         live, mounted = self.lab.leftovers()

@@ -101,15 +101,21 @@ def make_raw(path: Union[Path, str], virtual_size: int) -> Path:
     return target
 
 
-def make_ova(path: Union[Path, str], virtual_size: int, disk_name: str = "disk1.vmdk") -> Path:
+def make_ova(path: Union[Path, str], virtual_size: int, disk_name: str = "disk1.vmdk",
+             content: Optional[Path] = None) -> Path:
     """An OVA as VMware's template: the OVF first, then the manifest, then a
-    streamOptimized vmdk, packed with the real tar in that order."""
+    streamOptimized vmdk, packed with the real tar in that order. The disk is empty, or
+    holds `content` (a raw image of `virtual_size` bytes)."""
     target = Path(path)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ova-") as scratch:
         work = Path(scratch)
         disk = work / disk_name
-        _run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized",
-              str(disk), str(virtual_size)])
+        if content is None:
+            _run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=streamOptimized",
+                  str(disk), str(virtual_size)])
+        else:
+            _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                  "subformat=streamOptimized", str(content), str(disk)])
         mib = virtual_size >> 20
         ovf = work / "systemvm.ovf"
         ovf.write_text(_OVF.format(disk=disk_name, size=disk.stat().st_size, mib=mib))
