@@ -128,6 +128,17 @@ def test_a_slow_store_never_holds_the_reader_back_and_gets_every_byte_in_order(t
     assert list((tmp_path / "spool").iterdir()) == []
 
 
+def assert_released_writers_write(writers, chunks):
+    """Each gated writer, its gate opened, finishes without error, its stage holding
+    every chunk in order."""
+    for writer in writers:
+        writer.stream.gate.set()
+        writer.finish()
+        assert writer.error == ""
+        (image,) = Path(writer.root).glob(".cloudstack-sysvm-seed/stage/*/a.qcow2")
+        assert image.read_bytes() == b"".join(chunks)
+
+
 def test_many_lagging_stores_share_one_memory_budget(tmp_path):
     """16 stores that all lag: together they hold the pass's budget in memory, not 16 times
     a single store's, and each still gets every byte."""
@@ -149,12 +160,7 @@ def test_many_lagging_stores_share_one_memory_budget(tmp_path):
             writer.write(chunk)
     assert sum(writer.backlog.in_memory for writer in writers) <= copies.PASS_MEMORY_CHUNKS
     assert all(writer.backlog.spilled for writer in writers)
-    for writer in writers:
-        writer.stream.gate.set()
-        writer.finish()
-        assert writer.error == ""
-        (image,) = Path(writer.root).glob(".cloudstack-sysvm-seed/stage/*/a.qcow2")
-        assert image.read_bytes() == b"".join(chunks)
+    assert_released_writers_write(writers, chunks)
 
 
 def test_the_memory_share_keeps_two_chunks_each_however_many_stores():
@@ -273,12 +279,7 @@ def test_stores_keeping_up_share_one_allowance_instead_of_spilling(tmp_path):
     for writer in writers:
         assert (writer.backlog.in_memory, writer.backlog.in_shared) == (2, copies.SHARED_CHUNKS)
         assert writer.backlog.spool_end == 5 * 1000
-    for writer in writers:
-        writer.stream.gate.set()
-        writer.finish()
-        assert writer.error == ""
-        (image,) = Path(writer.root).glob(".cloudstack-sysvm-seed/stage/*/a.qcow2")
-        assert image.read_bytes() == b"".join(chunks)
+    assert_released_writers_write(writers, chunks)
     assert len(pool.shared) == 0
 
 
