@@ -9,15 +9,8 @@ import subprocess
 import time
 
 import pytest
+from testbed.nfs.harness import stage_files
 from testbed.processes import still_running
-
-
-def stage_files(exports):
-    found = []
-    for export in exports:
-        for directory, _, names in os.walk(export / ".cloudstack-sysvm-seed" / "stage"):
-            found.extend(os.path.join(directory, n) for n in names)
-    return found
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -32,7 +25,7 @@ def test_interrupt_during_copy_undoes_everything(world, stores_root, slow_bundle
     process = subprocess.Popen(world.command(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=world.env)
     deadline = time.monotonic() + 60
-    while not stage_files(exports):
+    while not any(stage_files(e) for e in exports):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the copy never started"
         time.sleep(0.002)

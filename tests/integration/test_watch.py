@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from testbed.mariadb import MariaDB
+from testbed.nfs.harness import stage_files
 
 from cloudstack_sysvm_seed import dbprops
 from cloudstack_sysvm_seed.catalog import Catalog
@@ -343,14 +344,6 @@ def test_a_failing_store_is_retried_with_backoff_and_logged_once_per_cause(
     assert world.leftover_mountpoints() == []
 
 
-def stage_files(exports):
-    found = []
-    for export in exports:
-        for directory, _, names in os.walk(export / ".cloudstack-sysvm-seed" / "stage"):
-            found.extend(os.path.join(directory, n) for n in names)
-    return found
-
-
 def test_sigterm_during_a_copy_leaves_nothing_behind(world, stores_root, watching,
                                                      slow_bundle):
     zone, first, _ = one_zone(world)
@@ -359,7 +352,7 @@ def test_sigterm_during_a_copy_leaves_nothing_behind(world, stores_root, watchin
     exports = [world.nfs_store(zone, f"10.1.0.{n}", f"/export/s{n}")[1] for n in (2, 3)]
     watch = watching("--interval", "0.2")
     deadline = time.monotonic() + 60
-    while not stage_files(exports):
+    while not any(stage_files(e) for e in exports):
         assert watch.process.poll() is None, watch.text()
         assert time.monotonic() < deadline, "the copy never started"
         time.sleep(0.002)
