@@ -20,7 +20,7 @@ import threading
 import xml.etree.ElementTree as ElementTree
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Iterator, Optional, Protocol
 
 from . import runner
 from .errors import CommandFailed, ImageFormatError, SourceError
@@ -92,9 +92,10 @@ def read(path: str, image_format: str, hashers: list, sinks: list[Sink],
             if tool and os.fstat(stream.fileno()).st_size >= PARALLEL_BZIP2_MIN:
                 _through_tool(tool, source, inspector, path, chunk_size)
             else:
-                decoder = _decoder(compression, path)
+                decoder = _decoder(compression, path, chunk_size)
                 for chunk in source:
-                    inspector.feed(decoder.feed(chunk))
+                    for piece in decoder.feed(chunk):
+                        inspector.feed(piece)
                 decoder.finish()
             return inspector.finish(compression)
         except ImageFormatError:
@@ -230,19 +231,41 @@ def format_of(head: bytes) -> str:
 
 
 # --- decoders: file bytes -> image bytes --------------------------------------------------
+#
+# Each decoder's feed() yields the image bytes a chunk of the file holds, in pieces of at
+# most `limit` bytes: a chunk of a highly compressible image (a VHD's runs of zeros) can
+# expand a thousandfold, and what the copies hold in memory is counted in chunks (copies.py).
 
 
-def _decoder(compression: str, path: str):
+def _decoder(compression: str, path: str, limit: int):
     if compression == "zip":
-        return _ZipMember(path)
+        return _ZipMember(path, limit)
     if compression == "none":
         return _Identity()
-    return _Stream(compression, path)
+    return _Stream(compression, path, limit)
+
+
+def _pieces(engine, data: bytes, limit: int) -> Iterator[bytes]:
+    """What a zlib or bz2 `engine` decodes of `data`, at most `limit` bytes at a time."""
+    while True:
+        out = engine.decompress(data, limit)
+        if out:
+            yield out
+        if engine.eof:
+            return
+        if hasattr(engine, "needs_input"):  # bz2 keeps the input it has not decoded yet
+            if engine.needs_input:
+                return
+            data = b""
+        else:  # zlib hands it back; a full piece may leave more output pending
+            data = engine.unconsumed_tail
+            if not data and len(out) < limit:
+                return
 
 
 class _Identity:
-    def feed(self, data: bytes) -> bytes:
-        return data
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        yield data
 
     def finish(self) -> None:
         pass
@@ -251,9 +274,10 @@ class _Identity:
 class _Stream:
     """bzip2 or gzip, including concatenated streams (pbzip2 output, gzip members)."""
 
-    def __init__(self, kind: str, path: str):
+    def __init__(self, kind: str, path: str, limit: int):
         self.kind = kind
         self.path = path
+        self.limit = limit
         self.engine = self._new_engine()
         self.ended = False  # the last engine reached its end and no more input came yet
 
@@ -262,21 +286,19 @@ class _Stream:
             return bz2.BZ2Decompressor()
         return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
 
-    def feed(self, data: bytes) -> bytes:
-        parts = []
+    def feed(self, data: bytes) -> Iterator[bytes]:
         while data:
             if self.ended:
                 self.engine, self.ended = self._new_engine(), False
             try:
-                parts.append(self.engine.decompress(data))
+                yield from _pieces(self.engine, data, self.limit)
             except (OSError, EOFError, zlib.error) as exc:
                 raise ImageFormatError(f"{self.path}: corrupt {self.kind} data ({exc}).",
                                        "Reinstall or fetch the file again.") from exc
             if not self.engine.eof:
-                break
+                return
             self.ended = True
             data = self.engine.unused_data
-        return b"".join(parts)
 
     def finish(self) -> None:
         if not self.ended:
@@ -294,8 +316,9 @@ class _ZipMember:
     _LOCAL = struct.Struct("<4sHHHHHIIIHH")
     _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, limit: int):
         self.path = path
+        self.limit = limit
         self.buffer = b""
         self.name: Optional[str] = None
         self.engine = None
@@ -303,16 +326,16 @@ class _ZipMember:
         self.done = False
         self.trailer = b""
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> Iterator[bytes]:
         if self.done:
             self._keep_trailer(data)
-            return b""
+            return
         if self.name is None:
             self.buffer += data
             if not self._read_header():
-                return b""
+                return
             data, self.buffer = self.buffer, b""
-        return self._member_data(data)
+        yield from self._member_data(data)
 
     def _read_header(self) -> bool:
         fixed = self._LOCAL.size
@@ -335,22 +358,22 @@ class _ZipMember:
         self.buffer = self.buffer[fixed + name_len + extra_len:]
         return True
 
-    def _member_data(self, data: bytes) -> bytes:
+    def _member_data(self, data: bytes) -> Iterator[bytes]:
         if self.engine is not None:
             try:
-                out = self.engine.decompress(data)
+                yield from _pieces(self.engine, data, self.limit)
             except zlib.error as exc:
                 raise ImageFormatError(f"{self.path}: corrupt zip data ({exc}).") from exc
             if self.engine.eof:
                 self.done = True
                 self._keep_trailer(self.engine.unused_data)
-            return out
+            return
         out, rest = data[: self.remaining], data[self.remaining:]
         self.remaining -= len(out)
         if self.remaining == 0:
             self.done = True
             self._keep_trailer(rest)
-        return out
+        yield out
 
     def _keep_trailer(self, data: bytes) -> None:
         # Data descriptor + central directory + end record: small for a one-member zip.
