@@ -23,7 +23,7 @@ from pymysql.constants import CLIENT
 
 from . import configkeys
 from .dbprops import DbConfig
-from .errors import CatalogError, SchemaError
+from .errors import CatalogError, SchemaError, StatementFailed
 from .model import (
     READY_DOWNLOAD_STATES,
     UNFINISHED_DOWNLOAD_STATES,
@@ -348,9 +348,9 @@ class Catalog:
             return []
         try:
             rows = self._all(*self._store_needs_sql(settings))
-        except pymysql.MySQLError as exc:
+        except StatementFailed as exc:
             raise CatalogError(f"The query for stores that lack templates failed: "
-                               f"{_reason(exc)}.",
+                               f"{exc.reason}.",
                                "Check that the database is up; the next pass asks again.") from exc
         needs = [StoreNeed(
             r["store_id"], r["store_url"] or "", r["zone_id"], r["hypervisor"], r["arch"],
@@ -461,9 +461,10 @@ class Catalog:
         try:
             self.conn.begin()
             yield
-        except pymysql.MySQLError as exc:
+        except (pymysql.MySQLError, StatementFailed) as exc:
             self._rollback_quietly()
-            raise CatalogError(f"Database error, changes rolled back: {_reason(exc)}.") from exc
+            why = exc.reason if isinstance(exc, StatementFailed) else _reason(exc)
+            raise CatalogError(f"Database error, changes rolled back: {why}.") from exc
         except BaseException:
             self._rollback_quietly()
             raise
@@ -672,18 +673,28 @@ class Catalog:
                              [*present.values(), value])
 
     def _execute(self, sql: str, args=()) -> int:
-        with self.conn.cursor() as cursor:
+        with self._cursor(sql) as cursor:
             return cursor.execute(sql, args)
 
     def _all(self, sql: str, args=()) -> list[dict]:
-        with self.conn.cursor() as cursor:
+        with self._cursor(sql) as cursor:
             cursor.execute(sql, args)
             return list(cursor.fetchall())
 
     def _row(self, sql: str, args=()) -> Optional[dict]:
-        with self.conn.cursor() as cursor:
+        with self._cursor(sql) as cursor:
             cursor.execute(sql, args)
             return cursor.fetchone()
+
+    @contextlib.contextmanager
+    def _cursor(self, sql: str) -> Iterator:
+        """A cursor for `sql`: a driver error becomes StatementFailed, which the operator
+        reads as a database failure, not as a bug with a traceback."""
+        try:
+            with self.conn.cursor() as cursor:
+                yield cursor
+        except pymysql.MySQLError as exc:
+            raise StatementFailed(statement_gist(sql), _reason(exc)) from exc
 
     def _one(self, sql: str, args=()) -> tuple:
         return tuple(self._row(sql, args).values())
@@ -812,6 +823,16 @@ def tls_options(config: DbConfig) -> Optional[dict]:
 
 def _marks(values) -> str:
     return ", ".join(["%s"] * len(values))
+
+
+def statement_gist(sql: str) -> str:
+    """A statement's verb and first table ("SELECT on vm_template"), for messages."""
+    verb = sql.split(None, 1)[0].upper() if sql.strip() else "statement"
+    table = _FIRST_TABLE.search(sql)
+    return f"{verb} on {table.group(1)}" if table else verb
+
+
+_FIRST_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+`?([\w.]+)", re.IGNORECASE)
 
 
 def _reason(exc: pymysql.MySQLError) -> str:

@@ -64,6 +64,20 @@ class SchemaError(CatalogError):
     """A row the tool would write does not fit this database's schema."""
 
 
+class StatementFailed(CatalogError):
+    """The server refused a statement or did not answer it (it went away, a lock wait
+    timed out, a privilege is missing); `statement` names its verb and table, never its
+    values."""
+
+    def __init__(self, statement: str, reason: str):
+        super().__init__(
+            f"The cloud database failed a statement ({statement}): {reason}.",
+            "Check that MySQL/MariaDB is up and reachable, and that the db.properties user "
+            "may do this; then rerun. A statement that fails changes nothing.")
+        self.statement = statement
+        self.reason = reason
+
+
 class LockTimeout(SeedError):
     """Another run, or a management server upgrading the database, holds the lock."""
 

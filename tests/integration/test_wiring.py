@@ -11,8 +11,9 @@ import threading
 import time
 
 import pytest
+from testbed.cloud import write_db_properties
 
-from cloudstack_sysvm_seed import errors
+from cloudstack_sysvm_seed import cli, errors
 
 
 def one_zone(world, name="east", hypervisors=("KVM",)):
@@ -280,3 +281,45 @@ def test_a_dropped_database_connection_mid_run(world, stores_root, slow_bundle, 
     refs = world.rows("template_store_ref")
     assert len(refs) == 2 and {r["state"] for r in refs} == {"Ready"}
     assert len(world.rows("vm_template", "name = %s", (world.kvm.templatename,))) == 1
+
+
+def test_a_statement_the_database_refuses_is_a_database_error_not_a_bug(world, stores_root,
+                                                                        tmp_path):
+    """A db.properties user that may not read vm_instance (the system VMs, read while the
+    run looks around): exit 4, the statement and the server's own words, no traceback, and
+    nothing written."""
+    zone = world.builder.zone("east")
+    world.builder.cluster(zone, "KVM")
+    world.nfs_store(zone, "10.1.0.1", "/export/s1")
+    templates = world.rows("vm_template")
+    user, password = "seed_narrow", "narrow-pw"
+    admin = world.cloud.server.connect()
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+            cursor.execute("SELECT table_name FROM information_schema.tables "
+                           "WHERE table_schema = %s", (world.cloud.name,))
+            tables = [row[0] for row in cursor.fetchall()]
+            for table in tables:
+                assert re.fullmatch(r"\w+", table) and re.fullmatch(r"\w+", world.cloud.name)
+                if table != "vm_instance":
+                    cursor.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON "
+                                   f"`{world.cloud.name}`.`{table}` TO %s@'%%'", (user,))
+        narrow = write_db_properties(tmp_path / "narrow" / "db.properties", world.cloud.server,
+                                     world.cloud.name, user, password)
+        argv = world.argv("--json")
+        argv[argv.index("--db-properties") + 1] = str(narrow)
+        world.capsys.readouterr()
+        code = cli.main(argv, environ=world.env)
+        run = world.capsys.readouterr()
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+        admin.close()
+    assert code == errors.EXIT_DATABASE, run.err
+    assert ("The cloud database failed a statement (SELECT on vm_instance): (1142) SELECT "
+            "command denied to user 'seed_narrow'@") in run.err
+    assert "internal error" not in run.err and "Traceback" not in run.err
+    assert password not in run.err + run.out
+    assert json.loads(run.out)["exit_code"] == errors.EXIT_DATABASE
+    assert world.rows("vm_template") == templates and world.rows("template_store_ref") == []
