@@ -16,7 +16,7 @@ scratch space on tmpfs, then `cp` the result onto each store (template/tmpl/1/<i
 timed both one store after the other and all stores at once, the faster counts; no rows,
 no checksum, no fsync. On the real-NFS bed it also mounts the stores, all at once, and
 unmounts them, as any tool must to write there: the bed's mount starts a Python FUSE
-bridge per store, about 0.15 s of CPU each here, which our tool pays inside its run too.
+bridge per store (1.7 s for 10 stores here), which our tool pays inside its run too.
 
 Per point it records the wall time (median of --repeat), the peak RSS of the tool (its
 ru_maxrss) and of the tool and its children together (sampled every 0.1 s from /proc), the
@@ -654,9 +654,10 @@ class Mounted:
         start = time.monotonic()
         processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                      for argv in argvs]
-        failed = [(argv, p.communicate(timeout=bench.STEP_TIMEOUT)[0])
-                  for argv, p in zip(argvs, processes) if p.wait(bench.STEP_TIMEOUT) != 0]
+        outputs = [p.communicate(timeout=bench.STEP_TIMEOUT)[0] for p in processes]
         self.seconds += time.monotonic() - start
+        failed = [(argv, out) for argv, out, p in zip(argvs, outputs, processes)
+                  if p.returncode != 0]
         if failed:
             argv, output = failed[0]
             raise RuntimeError(f"{shlex.join(argv)} failed: {output.decode(errors='replace')}")
