@@ -29,6 +29,7 @@ A measurement: exit 0 whatever the numbers, non-zero only on errors.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from testbed import images, mounts, trace
 from testbed.nfs import harness as nfs_harness
@@ -58,6 +59,7 @@ from cloudstack_sysvm_seed import images as tool_images
 import bench
 from bench import FORM, MIB, RECIPE, REPO, VERSION, run
 
+T = TypeVar("T")
 ALL_HYPERVISORS = ("kvm", "vmware", "xenserver", "hyperv")
 DB_NAMES = {"kvm": "KVM", "vmware": "VMware", "xenserver": "XenServer", "hyperv": "Hyperv"}
 EXTENSIONS = {"kvm": "qcow2", "vmware": "ova", "xenserver": "vhd", "hyperv": "vhd"}
@@ -733,31 +735,34 @@ def measure(bed: CurveBed, templates: Templates, point: Point, repeat: int,
                          f"{mb(outcome.rss_tree_kib):.0f} MB), spilled "
                          f"{outcome.spilled_mib} MiB")
             elif who == "floor":
-                if point.bed == "nfs":
-                    mounted = Mounted(bed, len(stores))
-                    with mounted as targets:
-                        floor = run_floor(bed, templates, stores, targets)
-                    floor.mount = mounted.seconds
-                else:
-                    floor = run_floor(bed, templates, stores, stores)
+                floor, floor.mount = on_stores(
+                    bed, point, stores, functools.partial(run_floor, bed, templates, stores))
                 result.floor.append(floor)
                 shown = (f"{floor.seconds:.2f} s (CPU {floor.cpu_s:.2f} s; mount "
                          f"{floor.mount:.2f} s, decompress {floor.decompress:.2f} s, cp "
                          f"{floor.sequential:.2f} s one by one, {floor.parallel:.2f} s at once)")
             else:
-                if point.bed == "nfs":
-                    mounted = Mounted(bed, len(stores))
-                    with mounted as targets:
-                        seconds = run_baseline(bed, templates, targets)
-                    seconds += mounted.seconds
-                else:
-                    seconds = run_baseline(bed, templates, stores)
+                seconds, mounting = on_stores(
+                    bed, point, stores, functools.partial(run_baseline, bed, templates))
+                seconds += mounting
                 check_stores(stores, templates, "upstream")
                 result.baseline.append(seconds)
                 shown = f"{seconds:.2f} s"
             print(f"bench: {point.label}: rep {rep + 1}/{repeat}, {who}: {shown}", flush=True)
     result.reads = source_reads(bed, templates, point)
     return result
+
+
+def on_stores(bed: CurveBed, point: Point, stores: List[Path],
+              work: Callable[[List[Path]], T]) -> Tuple[T, float]:
+    """work(targets) on the point's stores, and the seconds spent reaching them: on the
+    real-NFS bed the stores mounted for it (Mounted); on tmpfs their directories, as is."""
+    if point.bed != "nfs":
+        return work(stores), 0.0
+    mounted = Mounted(bed, len(stores))
+    with mounted as targets:
+        outcome = work(targets)
+    return outcome, mounted.seconds
 
 
 def source_reads(bed: CurveBed, templates: Templates, point: Point) -> Dict[str, float]:
