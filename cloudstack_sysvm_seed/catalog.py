@@ -694,7 +694,7 @@ class Catalog:
             with self.conn.cursor() as cursor:
                 yield cursor
         except pymysql.MySQLError as exc:
-            raise StatementFailed(statement_gist(sql), _reason(exc)) from exc
+            raise StatementFailed(_statement_gist(sql), _reason(exc)) from exc
 
     def _one(self, sql: str, args=()) -> tuple:
         return tuple(self._row(sql, args).values())
@@ -825,7 +825,7 @@ def _marks(values) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def statement_gist(sql: str) -> str:
+def _statement_gist(sql: str) -> str:
     """A statement's verb and first table ("SELECT on vm_template"), for messages."""
     verb = sql.split(None, 1)[0].upper() if sql.strip() else "statement"
     table = _FIRST_TABLE.search(sql)
